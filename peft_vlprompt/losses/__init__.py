@@ -1,0 +1,7 @@
+"""Method objectives as plain functions returning a dict of named loss terms."""
+
+from .kgcoop import kgcoop_loss
+from .prograd import prograd_general_loss, teacher_logits
+from .promptsrc import promptsrc_losses
+
+__all__ = ["kgcoop_loss", "prograd_general_loss", "promptsrc_losses", "teacher_logits"]
