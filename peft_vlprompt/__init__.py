@@ -1,0 +1,19 @@
+"""peft_vlprompt: prompt learning for CLIP as real PEFT methods.
+
+Importing the package registers every method with peft, so `get_peft_model`, `PeftModel.from_pretrained`,
+`PeftConfig.from_pretrained` and `AutoPeftModel.from_pretrained` work with our configs.
+"""
+
+from .backbones import ClipBackbone
+from .classifier import PromptClassifier
+from .tuners import CoOpConfig, CoOpModel, VLPromptConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClipBackbone",
+    "CoOpConfig",
+    "CoOpModel",
+    "PromptClassifier",
+    "VLPromptConfig",
+]

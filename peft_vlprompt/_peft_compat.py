@@ -1,0 +1,52 @@
+"""The only module that touches peft internals.
+
+peft 0.21's `register_peft_method` accepts only members of its closed `PeftType` enum, so third-party methods
+first add their member to that enum (idempotent, a no-op if peft ever ships the member), then register through
+the official function, which keeps its validation. `tests/test_peft_compat.py` fails loudly if peft moves.
+"""
+
+import logging
+
+import peft
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+from peft.utils.peft_types import PeftType, register_peft_method
+
+logger = logging.getLogger(__name__)
+
+# peft versions whose enum internals and registry this module was tested against (see pyproject's pin)
+TESTED_PEFT_RANGE = ((0, 21), (0, 22))
+
+
+def peft_version_tuple() -> tuple[int, int]:
+    major, minor = peft.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
+def ensure_peft_type(name: str) -> PeftType:
+    """Return `PeftType[NAME]`, adding the member to peft's enum first if it is missing."""
+    upper = name.upper()
+    if upper in PeftType.__members__:
+        return PeftType[upper]
+    member = str.__new__(PeftType, upper)
+    member._name_ = upper
+    member._value_ = upper
+    member.__objclass__ = PeftType
+    # EnumType.__setattr__ refuses new members, so go through type's
+    type.__setattr__(PeftType, upper, member)
+    PeftType._member_names_.append(upper)
+    PeftType._member_map_[upper] = member
+    PeftType._value2member_map_[upper] = member
+    return member
+
+
+def register_method(*, name: str, config_cls: type, model_cls: type) -> PeftType:
+    """Make `name` a peft method: enum member + `register_peft_method` (idempotent)."""
+    peft_type = ensure_peft_type(name)
+    registered = PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type)
+    if registered is config_cls and PEFT_TYPE_TO_TUNER_MAPPING.get(peft_type) is model_cls:
+        return peft_type
+    if registered is not None:
+        raise ValueError(f"peft method `{name}` is already registered with config {registered.__name__}")
+    register_peft_method(name=name, config_cls=config_cls, model_cls=model_cls, prefix=model_cls.prefix)
+    logger.debug("registered peft method %s", name)
+    return peft_type

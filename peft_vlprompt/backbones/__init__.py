@@ -1,0 +1,5 @@
+"""Backbone adapters: the only code that knows module paths and sizes inside the supported models."""
+
+from .clip import ClipBackbone, unwrap_clip
+
+__all__ = ["ClipBackbone", "unwrap_clip"]

@@ -1,0 +1,100 @@
+"""`transformers.CLIPModel`: module paths, sizes and the text pooling rule.
+
+Every other module asks this one where things are, so a new backbone (e.g. an open_clip model) is one new file.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import CLIPModel
+
+TOKEN_EMBEDDING = "text_model.embeddings.token_embedding"
+VISION_EMBEDDINGS = "vision_model.embeddings"
+TEXT_PROJECTION = "text_projection"
+VISUAL_PROJECTION = "visual_projection"
+
+
+def unwrap_clip(model: nn.Module) -> nn.Module:
+    """Return the `CLIPModel` inside a `PeftModel`, a tuner, a DDP/compiled wrapper, or the model itself."""
+    seen = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        if isinstance(model, CLIPModel):
+            return model
+        for attr in ("_orig_mod", "module", "base_model", "model"):
+            inner = getattr(model, attr, None)
+            if isinstance(inner, nn.Module) and inner is not model:
+                model = inner
+                break
+        else:
+            break
+    return model
+
+
+@dataclass(frozen=True)
+class ClipBackbone:
+    """Sizes and module names of a `transformers.CLIPModel`.
+
+    Attributes:
+        text_width / vision_width: hidden sizes of the two towers.
+        text_layers / vision_layers: number of encoder layers.
+        projection_dim: size of the joint embedding space.
+        max_positions: the text tower's maximum sequence length (77 for OpenAI CLIP).
+        vocab_size: text vocabulary size (49,408 for CLIP's BPE).
+        num_image_tokens: CLS + patch tokens of the vision tower.
+        eos_token_id: the config's EOS id (2 in legacy OpenAI configs, where pooling takes the argmax id).
+    """
+
+    text_width: int
+    vision_width: int
+    text_layers: int
+    vision_layers: int
+    projection_dim: int
+    max_positions: int
+    vocab_size: int
+    num_image_tokens: int
+    eos_token_id: int
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> "ClipBackbone":
+        clip = unwrap_clip(model)
+        if not isinstance(clip, CLIPModel):
+            raise TypeError(
+                f"peft_vlprompt supports `transformers.CLIPModel` only, got {type(clip).__name__}; "
+                "load the model with `CLIPModel.from_pretrained(...)`"
+            )
+        text, vision = clip.config.text_config, clip.config.vision_config
+        return cls(
+            text_width=text.hidden_size,
+            vision_width=vision.hidden_size,
+            text_layers=text.num_hidden_layers,
+            vision_layers=vision.num_hidden_layers,
+            projection_dim=clip.config.projection_dim,
+            max_positions=text.max_position_embeddings,
+            vocab_size=text.vocab_size,
+            num_image_tokens=(vision.image_size // vision.patch_size) ** 2 + 1,
+            eos_token_id=text.eos_token_id,
+        )
+
+    @staticmethod
+    def text_layer(index: int) -> str:
+        return f"text_model.encoder.layers.{index}"
+
+    @staticmethod
+    def vision_layer(index: int) -> str:
+        return f"vision_model.encoder.layers.{index}"
+
+    @staticmethod
+    def text_attention(index: int) -> str:
+        return f"text_model.encoder.layers.{index}.self_attn"
+
+    @staticmethod
+    def vision_attention(index: int) -> str:
+        return f"vision_model.encoder.layers.{index}.self_attn"
+
+    def eot_index(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Position pooled by the text tower, exactly as `CLIPTextModel` picks it."""
+        if self.eos_token_id == 2:  # legacy configs: EOT is the largest id
+            return input_ids.to(torch.int).argmax(dim=-1)
+        return (input_ids.to(torch.int) == self.eos_token_id).int().argmax(dim=-1)

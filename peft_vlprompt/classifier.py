@@ -1,0 +1,207 @@
+"""`PromptClassifier`: class names -> prompts -> (cached) normalised text features -> CLIP logits.
+
+Works with a plain `CLIPModel` (zero-shot CLIP with a template) and with any peft_vlprompt adapter. Text is padded to
+the longest prompt of the batch, not to 77: under the causal mask the pooled EOT feature does not see later
+positions, so the result is the same and the cost scales with the real prompt length. Text features are recomputed in
+training mode (the prompts change every step) and cached in eval mode; the cache key includes the class names, the
+enabled adapters and the version counters of their tensors, so an optimizer step, `disable_adapter()`,
+`set_adapter()` or new class names invalidate it.
+"""
+
+import logging
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import ClipBackbone, unwrap_clip
+from .tuners.base import DEFAULT_TEMPLATE, VLPromptConfig, enabled_configs, prompt_layers, text_rows_for_classes
+
+logger = logging.getLogger(__name__)
+
+
+class PromptClassifier(nn.Module):
+    """Zero-shot-style CLIP classifier over a list of class names, prompted by the model's active adapter.
+
+    Args:
+        model: a `CLIPModel`, or a `PeftModel` wrapping one with a peft_vlprompt adapter.
+        tokenizer: the CLIP tokenizer (e.g. `CLIPTokenizer.from_pretrained(path)`).
+        classnames: class names, in label order.
+        template: hand-crafted prompt with `{}` for the class name; used when no adapter learns text context, and
+            for the zero-shot teacher features (`zero_shot_text_features`).
+        image_processor: optional `CLIPImageProcessor` for `predict(images)`.
+        class_chunk_size: classes encoded per text-tower call (bounds memory for 1000-class datasets).
+
+    Example:
+        >>> clf = PromptClassifier(peft_model, tokenizer, ["cat", "dog"], image_processor=processor.image_processor)
+        >>> clf.predict([pil_image])
+        ['cat']
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        classnames: Sequence[str],
+        template: str = DEFAULT_TEMPLATE,
+        image_processor=None,
+        class_chunk_size: int = 256,
+    ) -> None:
+        super().__init__()
+        if "{}" not in template:
+            raise ValueError(f"`template` must contain '{{}}' for the class name, got {template!r}")
+        if class_chunk_size < 1:
+            raise ValueError(f"`class_chunk_size` must be >= 1, got {class_chunk_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.template = template
+        self.image_processor = image_processor
+        self.class_chunk_size = class_chunk_size
+        self.backbone = ClipBackbone.from_model(model)
+        self._text_cache: tuple[tuple, torch.Tensor] | None = None
+        self._zero_shot_cache: tuple[tuple, torch.Tensor] | None = None
+        self.set_classnames(classnames)
+        self.train(model.training)  # follow the wrapped model's mode instead of nn.Module's default (training)
+
+    # -- class names and prompts --------------------------------------------------------------------------------
+    def set_classnames(self, classnames: Sequence[str]) -> None:
+        """Swap the classes (e.g. base -> new); cached text features are dropped."""
+        classnames = [str(name) for name in classnames]
+        if not classnames:
+            raise ValueError("`classnames` must not be empty")
+        self.classnames = classnames
+        self._text_cache = None
+        self._zero_shot_cache = None
+
+    @property
+    def clip(self) -> nn.Module:
+        return unwrap_clip(self.model)
+
+    def prompt_config(self) -> VLPromptConfig | None:
+        configs = enabled_configs(self.model)
+        return configs[0][1] if configs else None
+
+    def prompts(self, config: VLPromptConfig | None = None) -> list[str]:
+        """The text fed to the text tower for each class under `config` (the template when None)."""
+        if config is None:
+            return [self.template.format(name.replace("_", " ")) for name in self.classnames]
+        n_classes = getattr(config, "n_classes", None)
+        if getattr(config, "class_specific", False) and n_classes != len(self.classnames):
+            raise ValueError(
+                f"the adapter's class-specific context has `n_classes`={n_classes}, but {len(self.classnames)} class "
+                "names were given; class-specific context cannot be used for other classes"
+            )
+        return config.prompt_texts(self.classnames, self.template)
+
+    def tokenize(self, texts: list[str], config: VLPromptConfig | None = None) -> torch.Tensor:
+        """Token ids padded to the longest prompt; checks length and placeholder count per class."""
+        ids = self.tokenizer(texts, padding=True, truncation=False, return_tensors="pt")["input_ids"]
+        if ids.shape[1] > self.backbone.max_positions:
+            lengths = [len(self.tokenizer(t)["input_ids"]) for t in texts]
+            worst = max(range(len(texts)), key=lengths.__getitem__)
+            raise ValueError(
+                f"the prompt for class {self.classnames[worst]!r} is {lengths[worst]} tokens long, more than the "
+                f"model's {self.backbone.max_positions} positions: {texts[worst]!r}"
+            )
+        expected = config.placeholder_count if config is not None else 0
+        if expected:
+            counts = (ids == config.placeholder_token_id).sum(-1)
+            for index in torch.nonzero(counts != expected).flatten().tolist():
+                raise ValueError(
+                    f"class {self.classnames[index]!r} gives {int(counts[index])} placeholder tokens instead of "
+                    f"{expected}: the class name contains the placeholder word; rename the class"
+                )
+        return ids
+
+    # -- features -----------------------------------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        return self.clip.logit_scale.device
+
+    def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Normalised text features (C, D), encoding `class_chunk_size` classes per call."""
+        input_ids = input_ids.to(self._device())
+        features = []
+        for start in range(0, input_ids.shape[0], self.class_chunk_size):
+            chunk = input_ids[start : start + self.class_chunk_size]
+            rows = torch.arange(start, start + chunk.shape[0], device=chunk.device)
+            with text_rows_for_classes(self.model, rows):
+                out = self.model.get_text_features(input_ids=chunk)
+            features.append(out.pooler_output if hasattr(out, "pooler_output") else out)
+        return F.normalize(torch.cat(features), dim=-1)
+
+    def _adapter_state_key(self) -> tuple:
+        state = []
+        for layer in prompt_layers(self.model):
+            for name, tensor in list(layer.named_parameters()) + list(layer.named_buffers()):
+                if not name.startswith("base_layer."):
+                    state.append((id(tensor), tensor._version))
+        configs = tuple(name for name, _ in enabled_configs(self.model))
+        return (tuple(self.classnames), self.template, configs, tuple(state))
+
+    def text_features(self) -> torch.Tensor:
+        """Normalised (C, D) features of the current classes under the active adapter."""
+        config = self.prompt_config()
+        if self.training:
+            self._text_cache = None
+            return self.encode_text(self.tokenize(self.prompts(config), config))
+        key = self._adapter_state_key()
+        if self._text_cache is None or self._text_cache[0] != key:
+            with torch.no_grad():
+                feats = self.encode_text(self.tokenize(self.prompts(config), config))
+            self._text_cache = (key, feats)
+        return self._text_cache[1]
+
+    def zero_shot_text_features(self) -> torch.Tensor:
+        """Normalised template features with every adapter disabled (the zero-shot teacher), computed once."""
+        key = (tuple(self.classnames), self.template)
+        if self._zero_shot_cache is None or self._zero_shot_cache[0] != key:
+            with torch.no_grad(), adapters_disabled(self.model):
+                feats = self.encode_text(self.tokenize(self.prompts(None)))
+            self._zero_shot_cache = (key, feats.detach())
+        return self._zero_shot_cache[1]
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Normalised image features (B, D) under the active adapter."""
+        out = self.model.get_image_features(pixel_values=pixel_values.to(self._device()))
+        return F.normalize(out.pooler_output if hasattr(out, "pooler_output") else out, dim=-1)
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.logit_scale.exp()
+
+    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale() * image_features @ text_features.to(image_features.dtype).t()
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`logit_scale.exp() * cos(image, class text)`, shape (B, C)."""
+        return self.logits(self.image_features(pixel_values), self.text_features())
+
+    @torch.no_grad()
+    def predict(self, images, return_index: bool = False) -> list:
+        """Class names (or indices) of PIL images / arrays, using the image processor."""
+        if self.image_processor is None:
+            raise ValueError("`predict` needs an `image_processor` (pass it to PromptClassifier)")
+        was_training = self.training
+        self.eval()
+        try:
+            pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+            pred = self(pixels).argmax(-1).tolist()
+        finally:
+            self.train(was_training)
+        return pred if return_index else [self.classnames[i] for i in pred]
+
+
+class adapters_disabled:
+    """Context manager: `model.disable_adapter()` for a `PeftModel`, nothing for a plain model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else None
+
+    def __enter__(self):
+        if self._ctx is not None:
+            self._ctx.__enter__()
+
+    def __exit__(self, *exc):
+        if self._ctx is not None:
+            return self._ctx.__exit__(*exc)
+        return False

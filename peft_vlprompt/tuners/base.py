@@ -1,0 +1,168 @@
+"""Shared pieces of every peft_vlprompt method: the config base, the tuner-layer base and the tuner base.
+
+A method is a `VLPromptConfig` subclass (what to learn), `VLPromptLayer` subclasses wrapping CLIP submodules (where
+the learnable state lives) and a `VLPromptTuner` subclass (which submodules to wrap). peft's generic machinery then
+gives `get_peft_model`, save/load, multi-adapter, `disable_adapter` and `unload` for free.
+"""
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from peft.config import PeftConfig
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from torch import nn
+
+from .._peft_compat import ensure_peft_type
+from ..backbones import ClipBackbone
+
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+
+@dataclass
+class VLPromptConfig(PeftConfig):
+    """Base of every peft_vlprompt config (not used directly).
+
+    Subclasses set `method_name` and implement `target_module_names` (and `prompt_texts` when they learn text
+    context). `task_type` stays `None` so peft builds a plain `PeftModel`, whose forward is `CLIPModel.forward`.
+    """
+
+    target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Filled in from the backbone when the adapter is created; leave unset."}
+    )
+    modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "Extra base-model modules to train and save in full (peft's mechanism)."}
+    )
+
+    method_name = "vlprompt"  # class attribute, overridden by each method
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.peft_type = ensure_peft_type(self.method_name)
+
+    # -- hooks used by the tuner and the classifier -------------------------------------------------------------
+    def target_module_names(self, backbone: ClipBackbone) -> list[str]:
+        raise NotImplementedError
+
+    def validate_for_backbone(self, backbone: ClipBackbone) -> None:
+        """Raise a clear error if this config cannot be applied to `backbone`."""
+
+    def prompt_texts(self, classnames: list[str], template: str) -> list[str]:
+        """Text fed to the text tower for each class (the hand-crafted template unless the method learns context)."""
+        return [template.format(name) for name in classnames]
+
+    @property
+    def placeholder_count(self) -> int:
+        """How many placeholder tokens each prompt must contain (0 when the text is not prompted)."""
+        return 0
+
+
+class VLPromptLayer(nn.Module, BaseTunerLayer):
+    """Base of every wrapper module. Subclasses set `adapter_layer_names` and implement `update_layer`/`forward`."""
+
+    adapter_layer_names: tuple[str, ...] = ()
+    other_param_names: tuple[str, ...] = ()
+
+    def __init__(self, base_layer: nn.Module, **kwargs) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self._disable_adapters = False
+        self.merged_adapters = []
+        self._active_adapter = "default"
+        self.kwargs = kwargs
+
+    def update_layer(self, adapter_name: str, config: VLPromptConfig, backbone: ClipBackbone, key: str) -> None:
+        raise NotImplementedError
+
+    def enabled_adapters(self, store: nn.Module | dict) -> list[str]:
+        """Active adapters that have state in `store` (empty when adapters are disabled)."""
+        if self.disable_adapters:
+            return []
+        return [name for name in self.active_adapters if name in store]
+
+    def merge(self, *args, **kwargs) -> None:
+        raise NotImplementedError(f"{type(self).__name__} adds prompts, which cannot be merged into base weights")
+
+    def unmerge(self) -> None:
+        return None
+
+    def _reference_weight(self) -> torch.Tensor:
+        return next(self.base_layer.parameters())
+
+
+class VLPromptTuner(BaseTuner):
+    """Base of every method's tuner: derives targets from the config and the backbone, wraps them."""
+
+    prefix: str = "vlp_"
+    tuner_layer_cls = VLPromptLayer
+    target_module_mapping: dict = {}
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
+        # Targets come from the backbone, so resolve them here; `PeftModel.add_adapter` calls this directly (it skips
+        # the pre/post injection hooks), so all per-adapter setup lives here.
+        backbone = ClipBackbone.from_model(model)
+        config = self.peft_config[adapter_name]
+        config.validate_for_backbone(backbone)
+        config.target_modules = config.target_module_names(backbone)
+        self._backbone = backbone
+        super().inject_adapter(model, adapter_name, *args, **kwargs)
+        self._link_layers(model, adapter_name)
+
+    def _link_layers(self, model: nn.Module, adapter_name: str) -> None:
+        """Cross-layer references (e.g. MaPLe coupling); none by default."""
+
+    def _check_target_module_exists(self, peft_config: VLPromptConfig, key: str) -> bool:
+        return key in set(peft_config.target_modules or ())
+
+    def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
+        if isinstance(target, VLPromptLayer):
+            target.update_layer(adapter_name, peft_config, self._backbone, current_key)
+            return
+        wrapper_cls = self.wrapper_for(peft_config, current_key)
+        new_module = wrapper_cls(target)
+        new_module.update_layer(adapter_name, peft_config, self._backbone, current_key)
+        self._replace_module(parent, target_name, new_module, target)
+
+    def wrapper_for(self, config: VLPromptConfig, key: str) -> type[VLPromptLayer]:
+        raise NotImplementedError
+
+    def _replace_module(self, parent, child_name, new_module, child) -> None:
+        # peft's version assumes `.weight` on the module `unload()` puts back (CLIP layers have none) and moves
+        # adapter state to the base weight's device, which `update_layer` already creates it on.
+        setattr(parent, child_name, new_module)
+
+    def _check_merge_allowed(self):
+        raise ValueError(f"{type(self).__name__} learns prompts, which cannot be merged into the base weights")
+
+
+def prompt_layers(model: nn.Module) -> Iterator[VLPromptLayer]:
+    for module in model.modules():
+        if isinstance(module, VLPromptLayer):
+            yield module
+
+
+def enabled_configs(model: nn.Module) -> list[tuple[str, VLPromptConfig]]:
+    """(adapter name, config) of our adapters that are active and enabled in `model` (empty for plain CLIP)."""
+    configs = getattr(model, "peft_config", None) or {}
+    names: list[str] = []
+    for layer in prompt_layers(model):
+        for store_name in layer.adapter_layer_names:
+            for name in layer.enabled_adapters(getattr(layer, store_name)):
+                if name not in names:
+                    names.append(name)
+    return [(name, configs[name]) for name in names if isinstance(configs.get(name), VLPromptConfig)]
+
+
+@contextlib.contextmanager
+def text_rows_for_classes(model: nn.Module, class_index: torch.Tensor | None) -> Iterator[None]:
+    """Tell class-specific layers which class each row of the next text batch belongs to (for chunked encoding)."""
+    layers = [layer for layer in prompt_layers(model) if hasattr(layer, "row_classes")]
+    previous = [layer.row_classes for layer in layers]
+    for layer in layers:
+        layer.row_classes = class_index
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, previous):
+            layer.row_classes = value

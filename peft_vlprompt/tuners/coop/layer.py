@@ -1,0 +1,81 @@
+"""CoOp's learnable context: a wrapper around the text token embedding."""
+
+import torch
+from torch import nn
+
+from ...backbones import ClipBackbone
+from ..base import VLPromptLayer
+from .config import CoOpConfig
+
+
+def initial_context(config: CoOpConfig, token_embedding: nn.Embedding) -> torch.Tensor:
+    """(n_ctx, d) or (n_classes, n_ctx, d) initial context, on the embedding's device and dtype."""
+    weight = token_embedding.weight
+    width = weight.shape[1]
+    if config.ctx_init_token_ids is None:
+        shape = (config.n_classes, config.n_ctx, width) if config.class_specific else (config.n_ctx, width)
+        ctx = torch.empty(shape, device=weight.device, dtype=torch.float32)
+        nn.init.normal_(ctx, std=config.init_std)
+        return ctx.to(weight.dtype)
+    ids = torch.tensor(config.ctx_init_token_ids, device=weight.device)
+    words = weight.detach()[ids].clone()
+    ctx = torch.zeros(config.n_ctx, width, device=weight.device, dtype=weight.dtype)
+    ctx[config.n_ctx - len(ids) :] = words  # words fill the last positions (all of them unless `pad_ctx_init`)
+    if config.class_specific:
+        ctx = ctx.unsqueeze(0).repeat(config.n_classes, 1, 1)
+    return ctx
+
+
+class ContextEmbedding(VLPromptLayer):
+    """Token embedding whose output at placeholder positions is replaced by learned context vectors.
+
+    The k-th placeholder of each prompt gets context vector k, so the class name may sit at the end, in the middle or
+    at the front, and the sequence length (hence EOT pooling) never changes. Class-specific context picks row
+    `row_classes[b]` for prompt b (set by `text_rows_for_classes` while encoding chunks of classes); without it the
+    prompts must be exactly the `n_classes` classes in order.
+
+    Input: `input_ids` (B, L). Output: embeddings (B, L, d).
+    """
+
+    adapter_layer_names = ("coop_ctx",)
+    other_param_names = ("coop_placeholder",)
+
+    def __init__(self, base_layer: nn.Embedding, **kwargs) -> None:
+        super().__init__(base_layer, **kwargs)
+        self.coop_ctx = nn.ParameterDict()
+        self.coop_placeholder: dict[str, int] = {}
+        self.row_classes: torch.Tensor | None = None
+
+    def update_layer(self, adapter_name: str, config: CoOpConfig, backbone: ClipBackbone, key: str) -> None:
+        self.coop_ctx[adapter_name] = nn.Parameter(initial_context(config, self.base_layer))
+        self.coop_placeholder[adapter_name] = config.placeholder_token_id
+        self.set_adapter(self.active_adapters)
+
+    def context_rows(self, ctx: torch.Tensor, n_rows: int) -> torch.Tensor:
+        """Class index of each prompt row for class-specific context."""
+        if self.row_classes is not None:
+            return self.row_classes.to(ctx.device)
+        if n_rows != ctx.shape[0]:
+            raise ValueError(
+                f"class-specific context was trained for `n_classes`={ctx.shape[0]} classes but the text batch has "
+                f"{n_rows} prompts; pass the prompts of all {ctx.shape[0]} classes in order, or use "
+                "`PromptClassifier` (which tells the layer which class each row is)"
+            )
+        return torch.arange(n_rows, device=ctx.device)
+
+    def forward(self, input_ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        embeds = self.base_layer(input_ids, *args, **kwargs)
+        for name in self.enabled_adapters(self.coop_ctx):
+            ctx = self.coop_ctx[name]
+            n_ctx = ctx.shape[-2]
+            is_slot = input_ids == self.coop_placeholder[name]
+            slot = (is_slot.cumsum(-1) - 1).clamp(0, n_ctx - 1)  # k-th placeholder -> context vector k
+            if ctx.dim() == 2:
+                values = ctx[slot]
+            else:
+                rows = self.context_rows(ctx, input_ids.shape[0])
+                values = ctx[rows[:, None], slot]
+            # torch.where keeps static shapes (no graph break under torch.compile)
+            embeds = torch.where(is_slot.unsqueeze(-1), values.to(embeds.dtype), embeds)
+            break  # one context per prompt: the first active adapter owns the placeholders
+        return embeds
