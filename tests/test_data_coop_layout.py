@@ -205,3 +205,53 @@ def test_rebuild_rejects_tiny_classes(tmp_path):
     with pytest.raises(ValueError, match=re.escape("Cannot split class 'Forest' (3 images) 50/20/30 into train/val/test: every part needs at least one image.")):  # fmt: skip
         load_task("eurosat", tmp_path, shots=1, seed=1)
     assert not (tmp_path / "eurosat" / "split_zhou_EuroSAT.json").exists()
+
+
+def test_sun397_and_ucf101_rebuilt_from_official_lists(tmp_path):
+    sun = tmp_path / "sun397"
+    folders = ["a/abbey", "a/apartment_building/outdoor", "b/bakery/shop"]
+    (sun).mkdir()
+    (sun / "ClassName.txt").write_text("".join(f"/{f}\n" for f in folders))
+    lines = {"Training_01.txt": [], "Testing_01.txt": []}
+    for c, f in enumerate(folders):
+        for i in range(6):
+            write_image(sun / "SUN397" / f / f"sun_{i}.jpg", seed=c * 10 + i)
+            lines["Training_01.txt" if i < 5 else "Testing_01.txt"].append(f"/{f}/sun_{i}.jpg")
+    for name, rows in lines.items():
+        (sun / name).write_text("\n".join(rows) + "\n")
+    task = load_task("sun397", tmp_path, shots=None, seed=1)
+    # Letter folder dropped, qualifiers first.
+    assert task.classnames == ["abbey", "outdoor apartment_building", "shop bakery"]
+    assert (len(task.train), len(task.val), len(task.test)) == (12, 3, 3)  # 80/20 of 5 trainval per class
+    assert _paths(task.test)[1] == str(sun / "SUN397" / "a/apartment_building/outdoor/sun_5.jpg")
+
+    ucf = tmp_path / "ucf101"
+    lists = ucf / "ucfTrainTestlist"
+    lists.mkdir(parents=True)
+    (lists / "classInd.txt").write_text("1 ApplyEyeMakeup\n2 YoYo\n")
+    train_rows, test_rows = [], []
+    for label, (action, renamed) in enumerate([("ApplyEyeMakeup", "Apply_Eye_Makeup"), ("YoYo", "Yo_Yo")], start=1):
+        for g in range(6):
+            write_image(ucf / "UCF-101-midframes" / renamed / f"v_{action}_g{g:02d}_c01.jpg", seed=g)
+            row = f"{action}/v_{action}_g{g:02d}_c01.avi"
+            (train_rows if g < 5 else test_rows).append(f"{row} {label}" if g < 5 else row)
+    (lists / "trainlist01.txt").write_text("\n".join(train_rows) + "\n")
+    (lists / "testlist01.txt").write_text("\n".join(test_rows) + "\n")
+    task = load_task("ucf101", tmp_path, shots=None, seed=1)
+    assert task.classnames == ["Apply_Eye_Makeup", "Yo_Yo"]
+    assert (len(task.train), len(task.val), len(task.test)) == (8, 2, 2)
+    assert _paths(task.test) == [str(ucf / "UCF-101-midframes" / "Apply_Eye_Makeup" / "v_ApplyEyeMakeup_g05_c01.jpg"), str(ucf / "UCF-101-midframes" / "Yo_Yo" / "v_YoYo_g05_c01.jpg")]  # fmt: skip
+
+
+def test_oxford_flowers_rebuilt_from_label_file(tmp_path):
+    scipy_io = pytest.importorskip("scipy.io")
+    base = tmp_path / "oxford_flowers"
+    labels = [1, 2] * 10  # image_00001 is class 1, image_00002 class 2, ...
+    for i in range(len(labels)):
+        write_image(base / "jpg" / f"image_{i + 1:05d}.jpg", seed=i)
+    scipy_io.savemat(base / "imagelabels.mat", {"labels": [labels]})
+    write_json(base / "cat_to_name.json", {"1": "pink primrose", "2": "hard-leaved pocket orchid"})
+    task = load_task("oxford_flowers", tmp_path, shots=None, seed=1)
+    assert task.classnames == ["pink primrose", "hard-leaved pocket orchid"]
+    saved = _check_50_20_30(base / "split_zhou_OxfordFlowers.json", 10, task.classnames)
+    assert all(int(e[0][6:11]) % 2 == (1 - e[1]) for s in saved.values() for e in s)
