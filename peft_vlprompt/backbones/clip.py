@@ -93,6 +93,11 @@ class ClipBackbone:
     def vision_attention(index: int) -> str:
         return f"vision_model.encoder.layers.{index}.self_attn"
 
+    @staticmethod
+    def attention_norm(attention_path: str) -> str:
+        """The pre-attention LayerNorm (LN1) of the layer owning `attention_path` (prefix prompts are normed by it)."""
+        return attention_path.rsplit(".", 1)[0] + ".layer_norm1"
+
     def eot_index(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Position pooled by the text tower, exactly as `CLIPTextModel` picks it."""
         if self.eos_token_id == 2:  # legacy configs: EOT is the largest id
