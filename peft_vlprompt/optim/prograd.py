@@ -270,7 +270,8 @@ class ProGrad(torch.optim.Optimizer):
 
         `"prograd"` holds `lambda_`, `eps` and `reference`: the pending general direction (None unless saved between
         `add_general_direction` and `step`), as `{index: tensor}` with the same parameter indexing as the wrapped
-        optimizer's `"state"` (position in the concatenated `param_groups`).
+        optimizer's `"state"` (position in the concatenated `param_groups`). `.grad` is never saved (by any torch
+        optimizer), so a checkpoint taken in the middle of an accumulation window cannot resume it exactly anyway.
         """
         state = dict(self.optimizer.state_dict())
         reference = None
