@@ -201,6 +201,8 @@ class ProGrad(torch.optim.Optimizer):
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return reference
         params = self._trainable_params()
+        if not params:
+            return None
         device = params[0].device
         pieces = []
         for p in params:
