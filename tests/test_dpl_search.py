@@ -1,0 +1,186 @@
+"""DPL search loop: one bilevel step by hand, the validation stream, alpha moving and the export, exact resume.
+
+Run: `python -m pytest tests/test_dpl_search.py -q`.
+"""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from peft import get_peft_model
+
+from peft_vlprompt import DPLSearchConfig, PromptClassifier
+from peft_vlprompt.dpl import (
+    ALPHAS_FILE,
+    CyclingBatches,
+    DPLSearch,
+    DPLSearchArguments,
+    alpha_summary,
+    latest_checkpoint,
+    pass_batches,
+    prompt_lr,
+)
+from peft_vlprompt.tuners.dpl import alpha_parameters, chosen_lengths, prompt_parameters
+from tests.tiny import IMAGE_SIZE, tiny_clip, tokenizer
+
+CLASSNAMES = ["cat", "dog", "bird"]
+CONFIG = dict(text_candidates=[0, 1, 2], vision_candidates=[0, 2], prompt_init="normal", init_std=0.3)
+
+
+class NoisyImages(torch.utils.data.Dataset):
+    """Fixed images per item plus fresh noise from the global torch RNG (an augmentation the resume must replay)."""
+
+    def __init__(self, n: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
+        self.labels = torch.arange(n) % len(CLASSNAMES)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {
+            "pixel_values": self.images[i] + 0.1 * torch.randn(self.images[i].shape),
+            "labels": int(self.labels[i]),
+        }
+
+
+def supernet(seed: int = 0):
+    clip = tiny_clip()
+    torch.manual_seed(seed)  # the adapter's initialisation
+    model = get_peft_model(clip, DPLSearchConfig(**CONFIG))
+    return model, PromptClassifier(model, tokenizer(), CLASSNAMES)
+
+
+def make_search(tmp_path, train_n=8, val_n=3, **kwargs):
+    model, clf = supernet()
+    args = DPLSearchArguments(
+        **{"num_epochs": 2, "batch_size": 2, "lr": 0.05, "alpha_lr": 0.05, "log_every": 1000, **kwargs}
+    )
+    return DPLSearch(model, clf, NoisyImages(train_n, 1), NoisyImages(val_n, 2), args, tmp_path)
+
+
+# -- batch order -------------------------------------------------------------------------------------------------
+def test_validation_stream_cycles_and_reshuffles():
+    items = list(range(5))
+    stream = CyclingBatches(items, 2, lambda xs: xs, seed=3)
+    passes = [[x for _ in range(3) for x in next(stream)] for _ in range(4)]  # 3 batches (2, 2, 1) per pass
+    assert all(sorted(p) == items for p in passes)  # every pass sees every item exactly once
+    assert len({tuple(p) for p in passes}) > 1  # and the order is re-drawn per pass
+    assert stream.state_dict() == {"pass_index": 3, "batch_index": 3}
+    again = CyclingBatches(items, 2, lambda xs: xs, seed=3)
+    again.load_state_dict({"pass_index": 2, "batch_index": 1})
+    assert next(again) == passes[2][2:4]
+
+
+def test_pass_batches_drop_last_and_ranks():
+    full = pass_batches(10, 3, seed=0, stream=0, pass_index=0, drop_last=True)
+    assert [len(b) for b in full] == [3, 3, 3]
+    ranks = [pass_batches(7, 2, seed=0, stream=0, pass_index=0, drop_last=False, rank=r, world_size=2) for r in (0, 1)]
+    assert [len(b) for b in ranks[0]] == [len(b) for b in ranks[1]] == [2, 2]  # padded by wrapping around
+    assert set(sum(ranks[0] + ranks[1], [])) == set(range(7))
+
+
+def test_prompt_lr_is_dassl_schedule():
+    args = DPLSearchArguments(num_epochs=4, lr=0.1, warmup_epochs=1, warmup_lr=1e-5)
+    assert [prompt_lr(e, args) for e in range(4)] == pytest.approx([1e-5, 0.1, 0.1 * (1 + 2**-0.5) / 2, 0.05])
+
+
+# -- one step by hand --------------------------------------------------------------------------------------------
+def test_one_step_matches_hand_computed_bilevel_update(tmp_path):
+    search = make_search(tmp_path, warmup_epochs=0, momentum=0.9, weight_decay=0.01)
+    model, clf = supernet()  # an identical copy to compute the reference on
+    alphas, prompts = alpha_parameters(model), prompt_parameters(model)
+    torch.manual_seed(11)  # the same augmentation noise for both; the loop draws the training batch first
+    train_batch = search.collate_fn(
+        [search.train_dataset[i] for i in pass_batches(8, 2, seed=1, stream=0, pass_index=0, drop_last=True)[0]]
+    )
+    val_batch = search.collate_fn(
+        [search.val_batches.dataset[i] for i in pass_batches(3, 2, seed=1, stream=1, pass_index=0, drop_last=False)[0]]
+    )
+
+    # alpha: one Adam step (bias-corrected first step: lr * g / (|g| + eps)) on the validation loss
+    g = torch.autograd.grad(F.cross_entropy(clf(val_batch["pixel_values"]), val_batch["labels"]), alphas)
+    with torch.no_grad():
+        for a, ga in zip(alphas, g):
+            a -= 0.05 * ga / (ga.abs() + 1e-8)
+    # prompts: one SGD step at the *updated* alpha on the training loss (momentum buffer = grad + wd * p)
+    g = torch.autograd.grad(F.cross_entropy(clf(train_batch["pixel_values"]), train_batch["labels"]), prompts)
+    with torch.no_grad():
+        for p, gp in zip(prompts, g):
+            p -= 0.05 * (gp + 0.01 * p)
+
+    torch.manual_seed(11)
+    search.args.max_steps = 1
+    search.run()
+    for got, want in zip(alpha_parameters(search.model) + prompt_parameters(search.model), alphas + prompts):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert all(p.requires_grad for p in alpha_parameters(search.model) + prompt_parameters(search.model))
+
+
+# -- a tiny search: alpha moves, the export is the argmax --------------------------------------------------------
+def test_alpha_moves_and_export_is_argmax(tmp_path):
+    search = make_search(tmp_path, num_epochs=3)
+    before = [a.detach().clone() for a in alpha_parameters(search.model)]
+    history = search.run()
+    assert len(history) == 12 and history[-1]["step"] == 12
+    moved = max((a - b).abs().max().item() for a, b in zip(alpha_parameters(search.model), before))
+    assert moved > 0.05  # Adam moves each logit by up to ~lr per step
+    summary = alpha_summary(search.model)
+    for tower, probs in summary["alpha_softmax"].items():
+        cands = summary["candidates"][tower]
+        expected = [cands[max(range(len(row)), key=row.__getitem__)] for row in probs]
+        assert summary["chosen_lengths"][tower] == expected
+        torch.testing.assert_close(torch.tensor(probs).sum(-1), torch.ones(len(probs)))
+    assert summary["chosen_lengths"] == chosen_lengths(search.model)
+    assert latest_checkpoint(tmp_path).name == "checkpoint-12"
+
+
+def test_save_alpha_summary_names(tmp_path):
+    # the released code swaps the text/image alpha file names; ours are keyed by tower and sized per tower
+    search = make_search(tmp_path)
+    summary = alpha_summary(search.model)
+    assert [len(row) for row in summary["alpha"]["text"]] == [3, 3]
+    assert [len(row) for row in summary["alpha"]["vision"]] == [2, 2]
+    (tmp_path / ALPHAS_FILE).write_text(json.dumps(summary))
+
+
+# -- resume --------------------------------------------------------------------------------------------------------
+def test_resume_is_bit_identical(tmp_path):
+    torch.manual_seed(5)
+    full = make_search(tmp_path / "full", warmup_epochs=1)  # 4 steps per epoch, 2 val batches per pass
+    full.run()
+
+    torch.manual_seed(5)
+    first = make_search(tmp_path / "split", warmup_epochs=1, max_steps=5, checkpoint_every=3)
+    first.run()  # stops mid-epoch 1, mid validation pass
+    assert latest_checkpoint(tmp_path / "split").name == "checkpoint-5"
+    torch.manual_seed(1234)  # the resumed run must not depend on the RNG state it starts with
+    second = make_search(tmp_path / "split", warmup_epochs=1)
+    second.resume(tmp_path / "split" / "checkpoint-3")
+    assert second.global_step == 3
+    second.run()
+
+    assert second.global_step == full.global_step == 8
+    for got, want in zip(
+        alpha_parameters(second.model) + prompt_parameters(second.model),
+        alpha_parameters(full.model) + prompt_parameters(full.model),
+    ):
+        assert torch.equal(got, want)
+    assert second.history == full.history
+    assert second.prompt_optimizer.state_dict()["state"][0]["momentum_buffer"].equal(
+        full.prompt_optimizer.state_dict()["state"][0]["momentum_buffer"]
+    )
+
+
+def test_missing_validation_data(tmp_path):
+    model, clf = supernet()
+    with pytest.raises(
+        ValueError, match=r"^DPL's search needs validation data \(alpha is learned on it\): `val_dataset` is None"
+    ):
+        DPLSearch(model, clf, NoisyImages(4, 1), None, DPLSearchArguments(), tmp_path)
+    with pytest.raises(ValueError, match=r"`val_dataset` is empty"):
+        DPLSearch(model, clf, NoisyImages(4, 1), [], DPLSearchArguments(), tmp_path)
+    with pytest.raises(FileNotFoundError, match="no DPL search checkpoint"):
+        DPLSearch(model, clf, NoisyImages(4, 1), NoisyImages(2, 2), DPLSearchArguments(), tmp_path).resume("latest")
