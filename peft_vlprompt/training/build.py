@@ -1,0 +1,185 @@
+"""Everything the loop builds before training: the CLIP, the adapter config, the protocol's data splits."""
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.peft_types import PeftType
+from torch import nn
+
+from ..backbones import unwrap_clip
+from ..data import TEMPLATES, get_dataset_spec, load_task
+
+logger = logging.getLogger(__name__)
+
+# Default targets when the source is ImageNet (methods.md §10-§11)
+CROSS_DATASET_TARGETS = ["caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "fgvc_aircraft",
+                         "sun397", "dtd", "eurosat", "ucf101"]  # fmt: skip
+_PROBE = "a photo of a X cat."
+DG_TARGETS = ["imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
+
+
+@dataclass
+class EvalSplit:
+    """One test set: its name in the results, the `datasets.Dataset`, its class names and zero-shot template."""
+
+    name: str
+    dataset: Any
+    classnames: list[str]
+    template: str
+
+
+@dataclass
+class ProtocolData:
+    """The training task and the test splits of a protocol."""
+
+    train: Any  # TaskData whose `.train` is trained on
+    eval_splits: list[EvalSplit]
+
+
+def load_clip(model: str | None):
+    """`(CLIPModel, tokenizer, image_processor)` from a folder or Hub id (default: the shipped toy CLIP)."""
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    from ..assets import clip_tokenizer_path
+
+    if model is None:
+        from ..toy import toy_clip_path
+
+        model = toy_clip_path()
+    clip = CLIPModel.from_pretrained(model)
+    shipped = CLIPTokenizer.from_pretrained(clip_tokenizer_path())
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(model)
+    except (OSError, ValueError, TypeError):
+        tokenizer = None
+    # transformers builds an empty tokenizer from a folder without vocabulary files: check it really tokenizes
+    if tokenizer is None or tokenizer(_PROBE)["input_ids"] != shipped(_PROBE)["input_ids"]:
+        logger.info("%s has no usable CLIP tokenizer; using the CLIP BPE tokenizer shipped with the package", model)
+        tokenizer = shipped
+    try:
+        image_processor = CLIPImageProcessor.from_pretrained(model)
+    except OSError as e:
+        raise ValueError(
+            f"`model` {model!r} has no image processor (preprocessor_config.json): save a CLIPImageProcessor with "
+            "the model, e.g. `CLIPProcessor.save_pretrained(folder)`"
+        ) from e
+    return clip, tokenizer, image_processor
+
+
+def prompts_image_tower(model: nn.Module) -> bool:
+    """Whether an adapter changes image features (a tuner layer in the vision tower or the visual projection)."""
+    clip = unwrap_clip(model)
+    modules = list(clip.vision_model.modules()) + list(clip.visual_projection.modules())
+    return any(isinstance(m, BaseTunerLayer) for m in modules)
+
+
+def read_config_file(path: str) -> tuple[dict | None, dict]:
+    """`(adapter config dict, training arguments)` of a `--config` JSON file or folder.
+
+    Accepted: a peft `adapter_config.json` (has `peft_type`), a folder holding one, or an object with an
+    `adapter_config` entry (a dict, or a path to such a file) next to training arguments.
+    """
+    file = Path(path)
+    if file.is_dir():
+        file = file / "adapter_config.json"
+    if not file.is_file():
+        raise ValueError(f"`config` file {file} does not exist")
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"`config` file {file} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"`config` file {file} must hold a JSON object, got {type(data).__name__}")
+    if "peft_type" in data:
+        return data, {}
+    if "adapter_config" in data:
+        training = {k: v for k, v in data.items() if k != "adapter_config"}
+        adapter = data["adapter_config"]
+        if isinstance(adapter, str):
+            adapter = read_config_file(str(file.parent / adapter))[0]
+        if adapter is not None and "peft_type" not in adapter:
+            raise ValueError(f"`config` file {file}: `adapter_config` has no `peft_type`")
+        return adapter, training
+    raise ValueError(f"`config` file {file} has neither `peft_type` (an adapter config) nor `adapter_config`")
+
+
+def peft_type_name(value) -> str:
+    """'coop' for PeftType.COOP, 'COOP' or 'coop'."""
+    return str(getattr(value, "value", value)).lower()
+
+
+def config_from_dict(adapter: dict, overrides: dict):
+    """Instantiate the registered config class of `adapter["peft_type"]` (unknown keys are dropped by peft)."""
+    name = peft_type_name(adapter["peft_type"])
+    member = PeftType.__members__.get(name.upper())
+    cls = PEFT_TYPE_TO_CONFIG_MAPPING.get(member) if member is not None else None
+    if cls is None:
+        raise ValueError(f"`config` has peft_type {name!r}, which is not a registered method")
+    kwargs = {k: v for k, v in adapter.items() if k not in ("peft_type", "target_modules")} | overrides
+    return cls.from_peft_type(**kwargs)
+
+
+def template_for(dataset: str, template: str | None, table: str) -> str | None:
+    """The `template` argument for `load_task`: the user's, else the method's table when it covers the dataset."""
+    if template is not None:
+        return template
+    name = get_dataset_spec(dataset).name
+    return table if name in TEMPLATES.get(table, {}) else None
+
+
+def eval_targets(args) -> list[str]:
+    if args.eval_datasets:
+        return list(args.eval_datasets)
+    source = get_dataset_spec(args.dataset).name
+    if source == "imagenet":
+        return list(DG_TARGETS if args.protocol == "domain_generalization" else CROSS_DATASET_TARGETS)
+    raise ValueError(f"`eval_datasets` is required for protocol {args.protocol!r} with source dataset {source!r}")
+
+
+def check_dataset_names(args) -> None:
+    """Unknown dataset names fail here, before anything is loaded."""
+    get_dataset_spec(args.dataset)
+    if args.protocol in ("cross_dataset", "domain_generalization"):
+        for name in eval_targets(args):
+            get_dataset_spec(name)
+
+
+def load_protocol_data(args, table: str) -> ProtocolData:
+    """Load the splits of `args.protocol` (few-shot sampling and base/new exactly as CoOp, in `load_task`)."""
+    shots = None if args.shots == -1 else args.shots
+
+    def load(name: str, subsample: str, shots_: int | None = shots):
+        return load_task(name, args.data_dir, shots=shots_, seed=args.seed, subsample=subsample,
+                         template=template_for(name, args.template, table))  # fmt: skip
+
+    if args.protocol == "base2new":
+        base, new = load(args.dataset, "base"), load(args.dataset, "new")
+        splits = [EvalSplit("base", base.test, base.classnames, base.template),
+                  EvalSplit("new", new.test, new.classnames, new.template)]  # fmt: skip
+        task = base
+    else:
+        task = load(args.dataset, "all")
+        name = "test" if args.protocol == "few_shot" else task.name
+        splits = [EvalSplit(name, task.test, task.classnames, task.template)]
+        if args.protocol != "few_shot":
+            for target in eval_targets(args):
+                t = load(target, "all", None)
+                splits.append(EvalSplit(t.name, t.test, t.classnames, t.template))
+    if task.train is None or len(task.train) == 0:
+        raise ValueError(f"dataset {task.name!r} has no training images; it cannot be the training dataset")
+    logger.info(
+        "%s: %d training images, %d classes; test splits: %s", task.name, len(task.train), task.num_classes,
+        ", ".join(f"{s.name} ({len(s.dataset)} images, {len(s.classnames)} classes)" for s in splits),
+    )  # fmt: skip
+    return ProtocolData(task, splits)
+
+
+def steps_per_epoch(num_batches: int, accumulation: int) -> int:
+    """Optimizer steps per epoch: accelerate syncs every `accumulation` micro-batches and at the epoch's end."""
+    return max(1, math.ceil(num_batches / accumulation))

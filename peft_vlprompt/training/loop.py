@@ -1,0 +1,366 @@
+"""The Accelerate training loop (the transformers `run_*_no_trainer.py` skeleton) for every prompt-learning method.
+
+`main(argv)` parses the arguments, loads the protocol's data (all data errors surface before any model is built),
+builds the CLIP + adapter from the method's preset, evaluates zero-shot CLIP, trains with SGD + the Dassl schedule
+(ProGrad through its optimizer wrapper, PromptSRC's GPA and RESTORE's ratio update at epoch ends), checkpoints the
+adapter only, evaluates, saves the adapter atomically and writes `all_results.json`.
+"""
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..classifier import PromptClassifier
+from ..data import make_transform
+from ..optim import GaussianPromptAggregator, ProGrad
+from .args import DEFAULT_RUN, TrainArguments, parse_args
+from .build import (
+    check_dataset_names,
+    config_from_dict,
+    load_clip,
+    load_protocol_data,
+    peft_type_name,
+    prompts_image_tower,
+    read_config_file,
+    steps_per_epoch,
+)
+from .checkpoint import (
+    CHECKPOINTS_DIR,
+    TrainingState,
+    atomic_write_json,
+    check_checkpoint,
+    checkpoint_number,
+    register_adapter_only_hooks,
+    resolve_checkpoint,
+    save_adapter_atomically,
+)
+from .data import AugmentedViews, CachedViews, EpochSampler, KeyedViews, collate_train
+from .evaluation import Evaluator, make_eval_loader
+from .hooks import epoch_end_hooks, image_conditioned
+from .methods import BuildContext, MethodSpec, get_method, method_for_peft_type
+from .objectives import Objective, StepInputs
+from .presets import PresetContext, get_preset
+from .results import assemble_results
+from .schedule import dassl_lr, set_lr
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingModule(nn.Module):
+    """What `accelerator.prepare` wraps: one forward gives the logits and the objective's named loss terms, so DDP
+    sees one forward per micro-step and autocast covers all of it."""
+
+    def __init__(self, classifier: PromptClassifier, objective: Objective) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.objective = objective
+        self.conditioned = image_conditioned(classifier.model)
+
+    def forward(self, labels, pixel_values=None, image_features=None, position=None):
+        clf = self.classifier
+        if image_features is None:
+            image_features = clf.image_features(pixel_values)
+        if self.conditioned:  # CoCoOp: one prompt set per image, text features (B, C, D)
+            text = None
+            logits = clf.logits(image_features, clf.conditioned_text_features(image_features))
+        else:
+            text = clf.text_features()
+            logits = clf.logits(image_features, text)
+        terms = self.objective(StepInputs(clf, logits, labels, image_features, text, pixel_values))
+        return {"logits": logits, "terms": terms}
+
+
+def _resolve_method(args: TrainArguments) -> tuple[MethodSpec, dict | None]:
+    adapter_dict, training = read_config_file(args.config) if args.config else (None, {})
+    for key, value in training.items():  # training arguments from the file fill only what the command line left unset
+        if key not in TrainArguments.__dataclass_fields__:
+            raise ValueError(f"`config` file {args.config}: unknown training argument {key!r}")
+        if key == "method" and args.method is None or key != "method" and getattr(args, key) is None:
+            setattr(args, key, value)
+    name = args.method
+    if name is None and adapter_dict is not None:
+        name = method_for_peft_type(peft_type_name(adapter_dict["peft_type"]))
+        if name is None:
+            raise ValueError(f"no training method accepts adapter type {adapter_dict['peft_type']!r}; pass --method")
+    spec = get_method(name or str(DEFAULT_RUN["method"]))
+    args.method = spec.name
+    if adapter_dict is not None:
+        kind = peft_type_name(adapter_dict["peft_type"])
+        if kind not in spec.accepts_peft_types:
+            raise ValueError(f"method {spec.name!r} cannot train a {kind!r} adapter from `config` {args.config}; "
+                             f"it accepts {list(spec.accepts_peft_types)}")  # fmt: skip
+    return spec, adapter_dict
+
+
+def _expected_peft_type(spec: MethodSpec, adapter_dict: dict | None) -> str | None:
+    if adapter_dict is not None:
+        return peft_type_name(adapter_dict["peft_type"])
+    cls = spec.resolved_config_class()
+    return None if cls is None else cls.method_name
+
+
+def _optimizer_and_prograd(spec, config, preset, args, params):
+    optimizer = torch.optim.SGD(params, lr=args.warmup_lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    if not spec.uses_prograd:
+        return optimizer, None
+    lam = getattr(config, "lambda_", preset.adapter.get("lambda_", 1.0))
+    prograd = ProGrad(optimizer, lambda_=float(lam))
+    return prograd, prograd
+
+
+def _train_loader(args, task, image_processor, classifier, accelerator, cache: bool):
+    """The training DataLoader: rendered views, or cached frozen features of `num_views` views per image."""
+    views = AugmentedViews(task.train, make_transform(image_processor, train=True), args.seed)
+    dataset, num_views = views, None
+    if cache:
+        num_views = args.num_views
+        dataset = CachedViews(_encode_views(views, num_views, classifier, accelerator, args), task.train["label"])
+    sampler = EpochSampler(len(dataset), args.seed, num_views=num_views)
+    loader = DataLoader(dataset, sampler=sampler, batch_size=args.batch_size, collate_fn=collate_train,
+                        drop_last=len(dataset) >= args.batch_size * accelerator.num_processes,
+                        num_workers=args.dataloader_num_workers)  # fmt: skip
+    return loader, sampler
+
+
+@torch.no_grad()
+def _encode_views(views, num_views, classifier, accelerator, args) -> torch.Tensor:
+    """Frozen image features `[num_views, N, D]` of every view, encoded once, sharded over processes."""
+    keyed = KeyedViews(views, num_views)
+    loader = accelerator.prepare_data_loader(
+        DataLoader(
+            keyed, batch_size=args.eval_batch_size, collate_fn=collate_train, num_workers=args.dataloader_num_workers
+        )
+    )
+    out = None
+    classifier.eval()
+    for batch in loader:
+        with accelerator.autocast():
+            feats = classifier.image_features(batch["pixel_values"]).float()
+        feats, pos = accelerator.gather_for_metrics((feats.contiguous(), batch["position"]))
+        if out is None:
+            out = torch.zeros(len(keyed), feats.shape[-1])
+        out[pos.cpu()] = feats.cpu()
+    logger.info("cached %d views x %d images of frozen image features", num_views, len(views))
+    return out.view(num_views, len(views), -1)
+
+
+def train(args: TrainArguments) -> dict:
+    """Run one experiment; returns the results also written to `<output_dir>/all_results.json`."""
+    spec, adapter_dict = _resolve_method(args)
+    if args.output_dir is None:
+        args.output_dir = args.default_output_dir()
+    check_dataset_names(args)
+    resume_dir = None
+    if args.resume_from_checkpoint:  # a checkpoint of another method must fail before any work
+        resume_dir = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
+        check_checkpoint(resume_dir, spec.name, _expected_peft_type(spec, adapter_dict))
+
+    project = ProjectConfiguration(project_dir=args.output_dir, automatic_checkpoint_naming=True,
+                                   total_limit=args.checkpoints_total_limit)  # fmt: skip
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to if args.with_tracking else None,
+        project_config=project,
+    )
+    set_seed(args.seed)
+    ctx0 = PresetContext(args.protocol, args.shots, args.dataset)
+    data = load_protocol_data(args, get_preset(spec.name, ctx0).template_table)
+    task = data.train
+    preset = get_preset(spec.name, PresetContext(args.protocol, args.shots, task.name, task.template))
+    for key in ("num_epochs", "lr", "batch_size"):
+        if getattr(args, key) is None:
+            setattr(args, key, getattr(preset, key))
+
+    clip, tokenizer, image_processor = load_clip(args.model)
+    set_seed(args.seed)  # adapter initialisation does not depend on what data loading drew
+    config = None
+    if spec.trains:
+        ctx = BuildContext(None, task.template, task.num_classes, task.name)
+        from ..backbones import ClipBackbone
+
+        ctx.backbone = ClipBackbone.from_model(clip)
+        if adapter_dict is not None:
+            config = config_from_dict(adapter_dict, args.adapter_overrides())
+        else:
+            cls = spec.resolved_config_class()
+            config = spec.build_config(cls, preset.adapter | args.adapter_overrides(), ctx)
+        model = get_peft_model(clip, config)
+    else:
+        model = clip
+    classifier = PromptClassifier(model, tokenizer, task.classnames, template=task.template,
+                                  image_processor=image_processor, class_chunk_size=args.class_chunk_size)  # fmt: skip
+    vision_prompted = spec.trains and prompts_image_tower(model)
+    conditioned = spec.trains and image_conditioned(model)
+    objective = spec.make_objective(config, preset, args)
+    cache = args.cache_image_features
+    if cache and (vision_prompted or objective.needs_pixels or not spec.trains):
+        raise ValueError(f"`cache_image_features` cannot be used with method {spec.name!r}: its adapter or "
+                         "objective needs the images at every step")  # fmt: skip
+
+    module = TrainingModule(classifier, objective)
+    loaders = [make_eval_loader(s, image_processor, args.eval_batch_size, args.dataloader_num_workers, accelerator)
+               for s in data.eval_splits]  # fmt: skip
+    evaluator = Evaluator(classifier, data.eval_splits, loaders, accelerator, vision_prompted, conditioned)
+    results_dir = Path(args.output_dir)
+    t0 = time.time()
+    zero_shot = None
+    if args.eval_zero_shot or not spec.trains:
+        module.to(accelerator.device)
+        zero_shot = evaluator.run(zero_shot=True)
+
+    global_step = 0
+    if spec.trains:
+        global_step = _fit(args, spec, preset, config, model, classifier, module, objective, task, image_processor,
+                           accelerator, vision_prompted, cache, resume_dir)  # fmt: skip
+        save_adapter_atomically(model, results_dir, accelerator.is_main_process)
+    trained = evaluator.run(zero_shot=False) if spec.trains else None
+    results = assemble_results(args, spec, config, data, zero_shot, trained, global_step, time.time() - t0)
+    if accelerator.is_main_process:
+        atomic_write_json(results_dir / "all_results.json", results["summary"])
+        atomic_write_json(results_dir / "per_class_accuracy.json", results["per_class"])
+        if args.push_to_hub and spec.trains:
+            _push(model, args, results["summary"])
+    accelerator.wait_for_everyone()
+    if args.with_tracking:
+        accelerator.end_training()
+    return results["summary"]
+
+
+def _fit(args, spec, preset, config, model, classifier, module, objective, task, image_processor, accelerator,
+         vision_prompted, cache, resume_dir) -> int:  # fmt: skip
+    """The training epochs; returns the number of optimizer steps taken."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"method {spec.name!r} with this config has no trainable parameter")
+    optimizer, prograd = _optimizer_and_prograd(spec, config, preset, args, params)
+    module.to(accelerator.device)
+    classifier.eval()
+    objective.prepare(classifier, vision_prompted)
+    train_loader, sampler = _train_loader(args, task, image_processor, classifier, accelerator, cache)
+    module, optimizer, train_loader = accelerator.prepare(module, optimizer, train_loader)
+
+    state = TrainingState(spec.name, peft_type_name(config.peft_type))
+    register_adapter_only_hooks(accelerator, model, state, config.to_dict())
+    accelerator.register_for_checkpointing(state)
+    gpa = None
+    if "gpa_mean" in preset.extra or hasattr(config, "gpa_mean"):
+        mean = float(getattr(config, "gpa_mean", preset.extra.get("gpa_mean")))
+        std = float(getattr(config, "gpa_std", preset.extra.get("gpa_std")))
+        gpa = GaussianPromptAggregator(args.num_epochs, mean, std)
+        accelerator.register_for_checkpointing(gpa)
+    if args.with_tracking:
+        accelerator.init_trackers("peft_vlprompt", {k: v for k, v in vars(args).items() if v is not None and
+                                                     isinstance(v, (int, float, str, bool))})  # fmt: skip
+
+    per_epoch = steps_per_epoch(len(train_loader), args.gradient_accumulation_steps)
+    total = per_epoch * args.num_epochs
+    stop_at = min(total, args.max_train_steps or total)
+    if resume_dir is not None:
+        accelerator.load_state(str(resume_dir))
+        existing = [checkpoint_number(p) for p in (Path(args.output_dir) / CHECKPOINTS_DIR).glob("checkpoint_*")]
+        accelerator.project_configuration.iteration = max(existing + [checkpoint_number(resume_dir)]) + 1
+        logger.info("resumed from %s at optimizer step %d", resume_dir, state.global_step)
+    start_epoch, done_in_epoch = divmod(state.global_step, per_epoch)
+    every = args.checkpoint_every
+    last_saved = state.global_step if resume_dir is not None else -1
+    progress = tqdm(total=stop_at, initial=min(state.global_step, stop_at),
+                    disable=not accelerator.is_local_main_process, desc=f"{spec.name}")  # fmt: skip
+    logged: dict[str, list[float]] = {}
+
+    def save():
+        nonlocal last_saved
+        accelerator.save_state()
+        last_saved = state.global_step
+
+    for epoch in range(start_epoch, args.num_epochs):
+        if state.global_step >= stop_at:
+            break
+        module.train()
+        sampler.set_epoch(epoch)
+        train_loader.set_epoch(epoch)
+        loader = train_loader
+        skip = (done_in_epoch * args.gradient_accumulation_steps) if epoch == start_epoch else 0
+        if skip:
+            loader = accelerator.skip_first_batches(train_loader, skip)
+        epoch_start = epoch * per_epoch
+        for batch in loader:
+            progress_in_epoch = (state.global_step - epoch_start) / per_epoch if args.lr_granularity == "step" else 0.0
+            set_lr(optimizer, dassl_lr(epoch, base_lr=args.lr, num_epochs=args.num_epochs,
+                                       warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr,
+                                       progress=min(progress_in_epoch, 0.999999)))  # fmt: skip
+            with accelerator.accumulate(module):
+                out = module(**batch)
+                terms = out["terms"]
+                loss = sum(v for k, v in terms.items() if k not in objective.direction_terms)
+                if prograd is not None:
+                    for k in objective.direction_terms:
+                        prograd.add_general_direction(terms[k])
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(params, args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            for k, v in terms.items():
+                logged.setdefault(k, []).append(float(v.detach()))
+            if not accelerator.sync_gradients:
+                continue
+            state.global_step += 1
+            progress.update(1)
+            if state.global_step % args.logging_steps == 0:
+                _log(accelerator, logged, state.global_step, epoch, optimizer, prograd, args.with_tracking)
+            epoch_done = state.global_step - epoch_start >= per_epoch
+            if isinstance(every, int) and state.global_step % every == 0 and not epoch_done:
+                save()
+            if state.global_step >= stop_at:
+                break
+        epoch_done = state.global_step - epoch_start >= per_epoch
+        if epoch_done:
+            if gpa is not None:
+                gpa.update(epoch, get_peft_model_state_dict(model))
+            epoch_end_hooks(model, epoch, args.num_epochs)
+            if every == "epoch" or (isinstance(every, int) and state.global_step % every == 0):
+                save()
+    progress.close()
+    if every is not None and last_saved != state.global_step:
+        save()  # a stopped (--max_train_steps) run ends at a resumable checkpoint
+    if gpa is not None and gpa.updated_epochs:
+        set_peft_model_state_dict(model, gpa.aggregated(renormalize=state.global_step < total))
+        logger.info("GPA: loaded the Gaussian-weighted average of epochs %s", gpa.updated_epochs)
+    accelerator.wait_for_everyone()
+    return state.global_step
+
+
+def _log(accelerator, logged, step, epoch, optimizer, prograd, tracking):
+    values = {f"train/{k}": sum(v) / len(v) for k, v in logged.items()}
+    values["train/lr"] = optimizer.param_groups[0]["lr"]
+    values["train/epoch"] = epoch
+    if prograd is not None:
+        values.update(prograd.last_stats)
+    logged.clear()
+    logger.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+    if tracking:
+        accelerator.log(values, step=step)
+
+
+def _push(model, args, summary):
+    try:
+        from ..hub import push_prompts
+    except ImportError:
+        logger.warning("--push_to_hub: peft_vlprompt.hub.push_prompts is not available; the adapter was not pushed")
+        return
+    push_prompts(model, args.hub_model_id, results=summary, training_config=vars(args), private=args.hub_private)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Entry point: `main(["--method", "coop", ...])`; `argv=None` reads `sys.argv`, `[]` runs `DEFAULT_RUN`."""
+    return train(parse_args(sys.argv[1:] if argv is None else argv))

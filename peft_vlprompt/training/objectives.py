@@ -1,0 +1,169 @@
+"""Per-method training objectives: named loss terms computed from the classifier, the batch and the logits.
+
+An objective is called inside the training forward (so under DDP and autocast) with a `StepInputs` and returns a
+dict of scalar terms. The loop sums every term except those in `direction_terms`: those only define ProGrad's
+general direction and go to `ProGrad.add_general_direction`. Frozen teacher quantities (zero-shot text features,
+PromptSRC's template ensemble) are computed once in `prepare`, never per step.
+"""
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..classifier import PromptClassifier, adapters_disabled
+from ..losses import kgcoop_loss, prograd_general_loss, promptsrc_losses, teacher_logits
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StepInputs:
+    """What an objective sees for one micro-batch.
+
+    `image_features`/`text_features` are L2-normalised; `text_features` is None for image-conditioned methods
+    (CoCoOp), whose text features depend on the image. `pixel_values` is None when training on cached features.
+    """
+
+    classifier: PromptClassifier
+    logits: torch.Tensor
+    labels: torch.Tensor
+    image_features: torch.Tensor
+    text_features: torch.Tensor | None
+    pixel_values: torch.Tensor | None
+
+
+class Objective:
+    """Cross-entropy; subclasses add method terms.
+
+    Attributes:
+        direction_terms: names of terms that only give ProGrad's general direction (not added to the loss).
+        needs_pixels: the terms need the images themselves every step (no image-feature cache).
+    """
+
+    direction_terms: tuple[str, ...] = ()
+    needs_pixels: bool = False
+
+    def prepare(self, classifier: PromptClassifier, vision_prompted: bool) -> None:
+        """Compute frozen quantities once (called in eval mode, before training)."""
+        self.vision_prompted = vision_prompted
+
+    def __call__(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
+        return {"ce": F.cross_entropy(inputs.logits.float(), inputs.labels)}
+
+    def zero_shot_image_features(self, inputs: StepInputs) -> torch.Tensor:
+        """Frozen CLIP's image features: the step's own ones when the image tower is not prompted."""
+        if not self.vision_prompted:
+            return inputs.image_features.detach()
+        if inputs.pixel_values is None:
+            raise ValueError("this objective needs the images: do not use --cache_image_features with it")
+        with torch.no_grad(), adapters_disabled(inputs.classifier.model):
+            return inputs.classifier.image_features(inputs.pixel_values).detach()
+
+
+class ProGradObjective(Objective):
+    """CE, plus the soft cross-entropy to zero-shot CLIP whose gradient is ProGrad's general direction."""
+
+    direction_terms = ("prograd_kl",)
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        self.temperature = temperature
+
+    def prepare(self, classifier, vision_prompted):
+        super().prepare(classifier, vision_prompted)
+        self.zs_text = classifier.zero_shot_text_features()
+
+    def __call__(self, inputs):
+        terms = super().__call__(inputs)
+        clip = inputs.classifier.clip
+        teacher = teacher_logits(self.zero_shot_image_features(inputs), self.zs_text, clip.logit_scale)
+        return terms | prograd_general_loss(inputs.logits, teacher, T=self.temperature)
+
+
+class KgCoOpObjective(Objective):
+    """CE + w·(1 − mean cos(text feature, zero-shot text feature))."""
+
+    def __init__(self, weight: float = 8.0) -> None:
+        self.weight = weight
+
+    def prepare(self, classifier, vision_prompted):
+        super().prepare(classifier, vision_prompted)
+        self.zs_text = classifier.zero_shot_text_features()
+
+    def __call__(self, inputs):
+        if inputs.text_features is None:
+            raise ValueError("KgCoOp's term needs class text features independent of the image")
+        return super().__call__(inputs) | kgcoop_loss(inputs.text_features, self.zs_text, weight=self.weight)
+
+
+@torch.no_grad()
+def ensemble_text_features(classifier: PromptClassifier, templates: list[str]) -> torch.Tensor:
+    """Zero-shot text features averaged over `templates` (unnormalised features averaged, then normalised)."""
+    sums = None
+    with adapters_disabled(classifier.model):
+        for template in templates:
+            texts = [template.format(name.replace("_", " ")) for name in classifier.classnames]
+            ids = classifier.tokenize(texts).to(classifier._device())
+            out = classifier.model.get_text_features(input_ids=ids)
+            feats = (out.pooler_output if hasattr(out, "pooler_output") else out).float()
+            sums = feats if sums is None else sums + feats
+    return F.normalize(sums / len(templates), dim=-1)
+
+
+class PromptSRCObjective(Objective):
+    """CE + PromptSRC's self-regulating terms against frozen CLIP (text: template ensemble; image: frozen tower)."""
+
+    needs_pixels = True
+
+    def __init__(self, text_weight: float = 25.0, image_weight: float = 10.0, templates: list[str] | None = None):
+        self.text_weight, self.image_weight, self.templates = text_weight, image_weight, templates
+
+    def prepare(self, classifier, vision_prompted):
+        super().prepare(classifier, vision_prompted)
+        if self.templates is None:
+            from ..data import IMAGENET_TEMPLATES_60
+
+            self.templates = list(IMAGENET_TEMPLATES_60)
+        self.zs_text = ensemble_text_features(classifier, self.templates)
+
+    def __call__(self, inputs):
+        if inputs.text_features is None:
+            raise ValueError("PromptSRC's terms need class text features independent of the image")
+        zs_image = self.zero_shot_image_features(inputs)
+        scale = inputs.classifier.logit_scale().detach().float()
+        zs_logits = scale * zs_image.float() @ self.zs_text.t()
+        return super().__call__(inputs) | promptsrc_losses(
+            inputs.text_features, self.zs_text, inputs.image_features, zs_image, inputs.logits, zs_logits,
+            text_weight=self.text_weight, image_weight=self.image_weight,
+        )  # fmt: skip
+
+
+def distillation_loss(logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(teacher/T) ‖ softmax(logits/T)) · T², averaged over the batch."""
+    log_p = F.log_softmax(logits.float() / temperature, dim=-1)
+    log_q = F.log_softmax(teacher.detach().float() / temperature, dim=-1)
+    return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True) * temperature**2
+
+
+class DistillationObjective(Objective):
+    """CE + `weight` · distillation to zero-shot CLIP (DPL's optional training term; off when weight is 0)."""
+
+    def __init__(self, weight: float = 0.0, temperature: float = 1.0) -> None:
+        self.weight, self.temperature = weight, temperature
+
+    @property
+    def needs_pixels(self) -> bool:
+        return self.weight > 0
+
+    def prepare(self, classifier, vision_prompted):
+        super().prepare(classifier, vision_prompted)
+        self.zs_text = classifier.zero_shot_text_features() if self.weight > 0 else None
+
+    def __call__(self, inputs):
+        terms = super().__call__(inputs)
+        if self.weight > 0:
+            zs_image = self.zero_shot_image_features(inputs)
+            teacher = teacher_logits(zs_image, self.zs_text, inputs.classifier.clip.logit_scale)
+            terms["kd"] = self.weight * distillation_loss(inputs.logits, teacher, self.temperature)
+        return terms

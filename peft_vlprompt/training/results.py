@@ -1,0 +1,70 @@
+"""`all_results.json`: the run's accuracies per protocol next to zero-shot CLIP's, and the run's settings."""
+
+from .build import peft_type_name
+from .metrics import harmonic_mean
+
+
+def _protocol_numbers(protocol: str, scores: dict[str, dict], names: list[str]) -> dict:
+    acc = {name: round(scores[name]["accuracy"], 4) for name in names}
+    if protocol == "base2new":
+        base, new = acc["base"], acc["new"]
+        return {"base_accuracy": base, "new_accuracy": new, "hm": round(harmonic_mean(base, new), 4)}
+    if protocol == "few_shot":
+        return {"accuracy": acc["test"]}
+    source, targets = names[0], names[1:]
+    out = {"accuracy": acc[source], "target_accuracy": {t: acc[t] for t in targets}}
+    if targets:
+        out["average_target_accuracy"] = round(sum(acc[t] for t in targets) / len(targets), 4)
+    return out
+
+
+def assemble_results(args, spec, config, data, zero_shot, trained, global_step: int, runtime_s: float) -> dict:
+    """`{"summary": all_results.json content, "per_class": per-class accuracies}`."""
+    names = [split.name for split in data.eval_splits]
+    summary = {
+        "method": spec.name,
+        "peft_type": None if config is None else peft_type_name(config.peft_type),
+        "dataset": data.train.name,
+        "protocol": args.protocol,
+        "seed": args.seed,
+        "shots": args.shots,
+        "model": args.model or "toy_clip",
+        "template": data.train.template,
+        "num_epochs": args.num_epochs if spec.trains else 0,
+        "lr": args.lr if spec.trains else None,
+        "batch_size": args.batch_size if spec.trains else None,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "global_step": global_step,
+        "num_train_examples": len(data.train.train),
+        "runtime_s": round(runtime_s, 2),
+    }
+    per_class = {}
+    if trained is not None:
+        summary.update(_protocol_numbers(args.protocol, trained, names))
+        per_class["trained"] = {name: trained[name]["per_class_accuracy"] for name in names}
+    if zero_shot is not None:
+        summary["zero_shot"] = _protocol_numbers(args.protocol, zero_shot, names)
+        per_class["zero_shot"] = {name: zero_shot[name]["per_class_accuracy"] for name in names}
+        if trained is None:  # the zero-shot method reports its numbers at the top level too
+            summary.update(summary["zero_shot"])
+    per_class["classnames"] = {split.name: split.classnames for split in data.eval_splits}
+    return {"summary": summary, "per_class": per_class}
+
+
+def format_results(summary: dict) -> str:
+    """A short human-readable table of the trained numbers next to zero-shot CLIP's."""
+    zs = summary.get("zero_shot", {})
+    rows = []
+    for key in ("accuracy", "base_accuracy", "new_accuracy", "hm", "average_target_accuracy"):
+        if key in summary or key in zs:
+            rows.append((key, summary.get(key), zs.get(key)))
+    for name, value in summary.get("target_accuracy", {}).items():
+        rows.append((f"target:{name}", value, zs.get("target_accuracy", {}).get(name)))
+
+    def fmt(v):
+        return "   -  " if v is None else f"{v:6.2f}"
+
+    lines = [f"{summary['method']} on {summary['dataset']} ({summary['protocol']}, {summary['shots']} shots, "
+             f"seed {summary['seed']})", f"{'':24s} {'trained':>7s} {'zero-shot':>9s}"]  # fmt: skip
+    lines += [f"{name:24s} {fmt(a):>7s} {fmt(b):>9s}" for name, a, b in rows]
+    return "\n".join(lines)
