@@ -6,6 +6,11 @@ positions, so the result is the same and the cost scales with the real prompt le
 training mode (the prompts change every step) and cached in eval mode; the cache key includes the class names, the
 enabled adapters and the version counters of their tensors, so an optimizer step, `disable_adapter()`,
 `set_adapter()` or new class names invalidate it.
+
+Image-conditioned adapters (CoCoOp: `config.image_conditioned`) have one text feature per (image, class) pair:
+`forward` computes the image features first, then encodes the B x C prompts in batched text-tower calls of at most
+`class_chunk_size` rows, each row conditioned on its image, and returns logits[b, c] = scale * cos(image b, text of
+class c for image b).
 """
 
 import logging
@@ -17,6 +22,7 @@ from torch import nn
 
 from .backbones import ClipBackbone, unwrap_clip
 from .tuners.base import DEFAULT_TEMPLATE, VLPromptConfig, enabled_configs, prompt_layers, text_rows_for_classes
+from .tuners.cocoop.layer import image_conditioning
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +37,8 @@ class PromptClassifier(nn.Module):
         template: hand-crafted prompt with `{}` for the class name; used when no adapter learns text context, and
             for the zero-shot teacher features (`zero_shot_text_features`).
         image_processor: optional `CLIPImageProcessor` for `predict(images)`.
-        class_chunk_size: classes encoded per text-tower call (bounds memory for 1000-class datasets).
+        class_chunk_size: classes encoded per text-tower call (bounds memory for 1000-class datasets); for
+            image-conditioned adapters, (image, class) prompt rows per call.
 
     Example:
         >>> clf = PromptClassifier(peft_model, tokenizer, ["cat", "dog"], image_processor=processor.image_processor)
@@ -61,6 +68,7 @@ class PromptClassifier(nn.Module):
         self.backbone = ClipBackbone.from_model(model)
         self._text_cache: tuple[tuple, torch.Tensor] | None = None
         self._zero_shot_cache: tuple[tuple, torch.Tensor] | None = None
+        self._ids_cache: tuple[tuple, torch.Tensor] | None = None
         self.set_classnames(classnames)
         self.train(model.training)  # follow the wrapped model's mode instead of nn.Module's default (training)
 
@@ -142,6 +150,12 @@ class PromptClassifier(nn.Module):
     def text_features(self) -> torch.Tensor:
         """Normalised (C, D) features of the current classes under the active adapter."""
         config = self.prompt_config()
+        if getattr(config, "image_conditioned", False):
+            raise ValueError(
+                f"the active adapter ({config.method_name}) conditions the prompts on each image, so there is no "
+                "per-class text feature: use `clf(pixel_values)` for logits, or "
+                "`clf.conditioned_text_features(clf.image_features(pixel_values))` for (B, C, D) features"
+            )
         if self.training:
             self._text_cache = None
             return self.encode_text(self.tokenize(self.prompts(config), config))
@@ -169,12 +183,53 @@ class PromptClassifier(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.exp()
 
+    def conditioned_text_features(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Normalised (B, C, D) features of every class prompt conditioned on every image (image-conditioned adapters).
+
+        The B x C rows are encoded image-major in text-tower calls of at most `class_chunk_size` rows; each call runs
+        the meta-net only for the images its rows belong to. Recomputed on every call (the features depend on the
+        images).
+        """
+        config = self.prompt_config()
+        if not getattr(config, "image_conditioned", False):
+            raise ValueError("`conditioned_text_features` needs an active image-conditioned adapter (e.g. CoCoOp)")
+        ids = self._prompt_ids(config).to(self._device())
+        n_images, n_classes = image_features.shape[0], ids.shape[0]
+        n_rows = n_images * n_classes
+        features = []
+        for start in range(0, n_rows, self.class_chunk_size):
+            stop = min(start + self.class_chunk_size, n_rows)
+            first, last = start // n_classes, (stop - 1) // n_classes  # images whose rows are in this chunk
+            rows = torch.arange(start, stop, device=ids.device)
+            classes = rows % n_classes
+            with (
+                image_conditioning(self.model, image_features[first : last + 1], rows // n_classes - first),
+                text_rows_for_classes(self.model, classes),
+            ):
+                out = self.model.get_text_features(input_ids=ids[classes])
+            features.append(out.pooler_output if hasattr(out, "pooler_output") else out)
+        return F.normalize(torch.cat(features), dim=-1).view(n_images, n_classes, -1)
+
+    def _prompt_ids(self, config: VLPromptConfig) -> torch.Tensor:
+        """Token ids of the current prompts, cached by prompt text (the per-image path asks for them every batch)."""
+        texts = self.prompts(config)
+        if self._ids_cache is None or self._ids_cache[0] != tuple(texts):
+            self._ids_cache = (tuple(texts), self.tokenize(texts, config))
+        return self._ids_cache[1]
+
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-        return self.logit_scale() * image_features @ text_features.to(image_features.dtype).t()
+        """Scaled cosine logits (B, C) from (B, D) image features and (C, D) or per-image (B, C, D) text features."""
+        text_features = text_features.to(image_features.dtype)
+        if text_features.dim() == 3:
+            return self.logit_scale() * torch.einsum("bd,bcd->bc", image_features, text_features)
+        return self.logit_scale() * image_features @ text_features.t()
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`logit_scale.exp() * cos(image, class text)`, shape (B, C)."""
-        return self.logits(self.image_features(pixel_values), self.text_features())
+        image_features = self.image_features(pixel_values)
+        if getattr(self.prompt_config(), "image_conditioned", False):
+            return self.logits(image_features, self.conditioned_text_features(image_features))
+        return self.logits(image_features, self.text_features())
 
     @torch.no_grad()
     def predict(self, images, return_index: bool = False) -> list:
