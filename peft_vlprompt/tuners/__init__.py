@@ -7,6 +7,7 @@ from .deep_prompt import DeepPromptConfig, DeepPromptModel, PromptSRCConfig, Pro
 from .dpl import DPLSearchConfig, DPLSearchModel
 from .kgcoop import KgCoOpConfig, KgCoOpModel
 from .prograd_coop import ProGradCoOpConfig, ProGradCoOpModel
+from .restore import RestoreAdapterConfig, RestoreModel
 
 __all__ = [
     "CoCoOpConfig",
@@ -23,6 +24,8 @@ __all__ = [
     "ProGradCoOpModel",
     "PromptSRCConfig",
     "PromptSRCModel",
+    "RestoreAdapterConfig",
+    "RestoreModel",
     "VLPromptConfig",
     "VLPromptLayer",
     "VLPromptTuner",
