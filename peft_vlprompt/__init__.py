@@ -6,11 +6,24 @@ Importing the package registers every method with peft, so `get_peft_model`, `Pe
 
 from .backbones import ClipBackbone
 from .classifier import PromptClassifier
+from .diagnostics import feature_shift
 from .tuners import CoOpConfig, CoOpModel, VLPromptConfig
 from .tuners.cocoop import CoCoOpConfig, CoCoOpModel
+from .tuners.deep_prompt import (
+    DeepPromptConfig,
+    DeepPromptModel,
+    PromptSRCConfig,
+    PromptSRCModel,
+    deep_language_preset,
+    ivlp_preset,
+    maple_preset,
+    promptsrc_preset,
+    vpt_deep_preset,
+)
 from .tuners.dpl import DPLSearchConfig, DPLSearchModel
 from .tuners.kgcoop import KgCoOpConfig, KgCoOpModel
 from .tuners.prograd_coop import ProGradCoOpConfig, ProGradCoOpModel, make_prograd_optimizer
+from .tuners.restore import RestoreAdapterConfig, RestoreModel, restore_preset, update_restore_ratios
 
 __version__ = "0.1.0"
 
@@ -22,11 +35,25 @@ __all__ = [
     "CoOpModel",
     "DPLSearchConfig",
     "DPLSearchModel",
+    "DeepPromptConfig",
+    "DeepPromptModel",
     "KgCoOpConfig",
     "KgCoOpModel",
     "PromptClassifier",
     "ProGradCoOpConfig",
     "ProGradCoOpModel",
+    "PromptSRCConfig",
+    "PromptSRCModel",
+    "RestoreAdapterConfig",
+    "RestoreModel",
     "VLPromptConfig",
+    "deep_language_preset",
+    "feature_shift",
+    "ivlp_preset",
     "make_prograd_optimizer",
+    "maple_preset",
+    "promptsrc_preset",
+    "restore_preset",
+    "update_restore_ratios",
+    "vpt_deep_preset",
 ]
