@@ -135,6 +135,39 @@ class VLPromptTuner(BaseTuner):
     def _check_merge_allowed(self):
         raise ValueError(f"{type(self).__name__} learns prompts, which cannot be merged into the base weights")
 
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        # peft's load path ends in torch's long `size mismatch` RuntimeError when an adapter saved on one CLIP
+        # architecture is loaded into another; fail first with a message naming both shapes and the base model.
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        check_adapter_fits(model, remapped, config, adapter_name)
+        return remapped
+
+
+def check_adapter_fits(model: nn.Module, state_dict: dict, config: PeftConfig, adapter_name: str) -> None:
+    """Raise a `ValueError` naming both shapes if saved adapter tensors do not fit the tensors of `model`."""
+    current = model.state_dict()
+    mismatched = [
+        (key, tuple(value.shape), tuple(current[key].shape))
+        for key, value in state_dict.items()
+        if key in current and tuple(value.shape) != tuple(current[key].shape)
+    ]
+    if not mismatched:
+        return
+    details = "; ".join(
+        f"`{key.removeprefix('base_model.model.').removesuffix('.' + adapter_name)}` has shape {saved} in the saved "
+        f"adapter but {expected} in this model"
+        for key, saved, expected in mismatched
+    )
+    b = ClipBackbone.from_model(model)
+    method = getattr(config.peft_type, "value", config.peft_type).lower()
+    raise ValueError(
+        f"adapter {adapter_name!r} ({method}) does not fit this base model: {details}. This "
+        f"model has text width {b.text_width} x {b.text_layers} layers and vision width {b.vision_width} x "
+        f"{b.vision_layers} layers; the adapter was trained on "
+        f"`{config.base_model_name_or_path or 'an unnamed CLIP model'}`: load it into that checkpoint"
+    )
+
 
 def prompt_layers(model: nn.Module) -> Iterator[VLPromptLayer]:
     for module in model.modules():
