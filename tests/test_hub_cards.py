@@ -194,3 +194,28 @@ def test_cli_renders_the_same_card_from_a_saved_folder_and_pushes_it(tmp_path, m
     assert sorted(api.files) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     assert json.loads(api.files["adapter_config.json"])["base_model_name_or_path"] == "me/tiny-clip"
     assert api.files["adapter_model.safetensors"] == (tmp_path / "adapter" / "adapter_model.safetensors").read_bytes()
+
+
+def test_cross_dataset_results_and_the_resolved_template(tmp_path):
+    # the layout the training loop writes for cross_dataset / domain_generalization runs
+    results = {
+        "method": "coop",
+        "dataset": "imagenet",
+        "protocol": "cross_dataset",
+        "accuracy": 71.5,
+        "target_accuracy": {"caltech101": 93.1, "dtd": 44.0},
+        "average_target_accuracy": 68.55,
+        "zero_shot": {"accuracy": 66.7, "target_accuracy": {"caltech101": 92.9, "dtd": 44.5}},
+        "template": "a photo of a {}, a type of texture.",
+    }
+    training_config = {"template": "coop_templates", "dataset": "imagenet"}  # a table name, not a template
+    save_prompts_with_card(
+        coop_model(), tmp_path, results=results, training_config=training_config, base_model="me/tiny-clip"
+    )
+    card = ModelCard.load(tmp_path / "README.md")
+    got = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert got == {("imagenet", "accuracy"): 71.5, ("caltech101", "accuracy"): 93.1, ("dtd", "accuracy"): 44.0}
+    assert "| dtd | Accuracy | 44.00 | 44.50 |" in card.text
+    assert "| average over targets | Accuracy | 68.55 |  |" in card.text  # table only, no zero-shot average given
+    assert 'template="a photo of a {}, a type of texture."' in card.text
+    assert "coop_templates" in card.text  # still listed in the training configuration

@@ -111,3 +111,15 @@ def test_prompt_pipeline_matches_prompt_classifier_for_other_methods(method):
     expected = classifier_probs(model, NAMES)
     got = pipeline_probs(prompt_pipeline(model, tokenizer(), processor())(images(), candidate_labels=NAMES), NAMES)
     assert torch.allclose(got, expected, atol=1e-6)
+    if method == "cocoop":
+        with pytest.raises(ValueError, match="conditions its prompts on the image"):
+            hypothesis_template(model)
+    else:  # MaPLe's text is the template with its first words replaced by the context: the stock pipeline works
+        pipe = pipeline(
+            "zero-shot-image-classification", model=model, tokenizer=tokenizer(), image_processor=processor()
+        )
+        names = [n for n in NAMES if "_" not in n]
+        got = pipeline_probs(
+            pipe(images(), candidate_labels=names, hypothesis_template=hypothesis_template(model)), names
+        )
+        assert torch.allclose(got, classifier_probs(model, names), atol=1e-5)

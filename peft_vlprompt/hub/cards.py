@@ -114,34 +114,55 @@ def safe_training_config(training_config: Mapping | None) -> dict:
 
 
 def _number(value) -> str:
-    if isinstance(value, Real) and not isinstance(value, bool):
+    if _is_number(value):
         return f"{float(value):.2f}"
     return str(value)
 
 
-def result_rows(results: Mapping | None, dataset: str | None) -> list[dict]:
-    """Rows (dataset, key, metric type, name, value, zero-shot value) found in an `all_results.json` dict.
+def _is_number(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
 
-    Top-level metrics belong to `dataset`; a nested dict of metrics under any other key (e.g. a target dataset of a
-    cross-dataset run) becomes rows of that dataset. `results["zero_shot"]` is matched row by row. Unknown keys and
-    non-numeric values are ignored, so partial results files render.
+
+def _mapping(value) -> Mapping:
+    return value if isinstance(value, Mapping) else {}
+
+
+def result_rows(results: Mapping | None, dataset: str | None) -> list[dict]:
+    """Rows (dataset, key, metric type, name, value, zero-shot value, in model-index?) of an `all_results.json` dict.
+
+    Top-level metrics belong to `dataset`. Cross-dataset / domain-generalization runs give one row per target from
+    `target_accuracy` (`{target: accuracy}`) and a table-only row for `average_target_accuracy`; a nested dict of
+    metrics under any other key also becomes rows of that dataset. `results["zero_shot"]` (same layout) is matched
+    row by row. Unknown keys and non-numeric values are ignored, so partial results files render.
     """
     if not results:
         return []
-    zero_shot = results.get("zero_shot") if isinstance(results.get("zero_shot"), Mapping) else {}
+    zero_shot = _mapping(results.get("zero_shot"))
     groups = [(dataset or "custom", results, zero_shot)]
+    zs_targets = _mapping(zero_shot.get("target_accuracy"))
+    for target, value in _mapping(results.get("target_accuracy")).items():
+        groups.append((str(target), {"accuracy": value}, {"accuracy": zs_targets.get(target)}))
     for key, value in results.items():
-        if key != "zero_shot" and isinstance(value, Mapping) and any(m in value for m, _, _ in METRICS):
-            nested_zs = zero_shot.get(key) if isinstance(zero_shot.get(key), Mapping) else {}
-            groups.append((str(key), value, nested_zs))
+        if key not in ("zero_shot", "target_accuracy") and any(m in _mapping(value) for m, _, _ in METRICS):
+            groups.append((str(key), value, _mapping(zero_shot.get(key))))
     rows = []
     for group_dataset, metrics, zs in groups:
         for key, metric_type, name in METRICS:
-            value = metrics.get(key)
-            if isinstance(value, Real) and not isinstance(value, bool):
-                rows.append(
-                    dict(dataset=group_dataset, key=key, type=metric_type, name=name, value=value, zs=zs.get(key))
-                )
+            if _is_number(metrics.get(key)):
+                zs_value = zs.get(key) if _is_number(zs.get(key)) else None
+                rows.append(dict(dataset=group_dataset, type=metric_type, name=name, value=metrics[key], zs=zs_value))
+    if _is_number(results.get("average_target_accuracy")):
+        zs_value = zero_shot.get("average_target_accuracy")
+        rows.append(
+            dict(
+                dataset="average over targets",
+                type="accuracy",
+                name="Accuracy",
+                value=results["average_target_accuracy"],
+                zs=zs_value if _is_number(zs_value) else None,
+                in_index=False,  # not one dataset
+            )
+        )
     return rows
 
 
@@ -185,6 +206,7 @@ def eval_results(rows: list[dict], results: Mapping) -> list[EvalResult]:
             metric_value=row["value"],
         )
         for row in rows
+        if row.get("in_index", True)
     ]
 
 
@@ -277,7 +299,9 @@ def render_card(
     info = method_card(variant)
     dataset = _first(dataset, results.get("dataset"), training_config.get("dataset"))
     base_model = _first(base_model, config.base_model_name_or_path)
-    template = _first(template, training_config.get("template"), results.get("template")) or DEFAULT_TEMPLATE
+    # the results hold the resolved template string; the arguments may hold a template table name instead
+    templates = (template, results.get("template"), training_config.get("template"))
+    template = next((t for t in templates if isinstance(t, str) and "{}" in t), DEFAULT_TEMPLATE)
     hub_base = base_model if is_hub_id(base_model) else None
     if hub_base is None:
         logger.warning(

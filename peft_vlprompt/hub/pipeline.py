@@ -6,6 +6,7 @@ Two ways, both giving `PromptClassifier`'s predictions:
   class c is exactly `"X X X X c."`, so `hypothesis_template(peft_model)` returns `"X X X X {}."`. The stock pipeline
   pads the prompts and passes an attention mask; under CLIP's causal mask the pooled end-of-text token never sees the
   padding, so the logits match (up to float rounding). It logs that `PeftModel` is not a supported class; ignore it.
+  Image-conditioned prompts (CoCoOp) cannot be expressed this way.
 * `prompt_pipeline(peft_model, tokenizer, image_processor)`: a pipeline subclass that builds the prompts, checks and
   caches the class features exactly like `PromptClassifier` (one text-tower pass per label set, not per image), and
   follows `set_adapter()` / `disable_adapter()` at call time.
@@ -33,11 +34,16 @@ def hypothesis_template(model: nn.Module, template: str = DEFAULT_TEMPLATE) -> s
     configs = enabled_configs(model)
     if not configs:
         return template
-    config = configs[0][1]
+    name, config = configs[0]
+    if getattr(config, "image_conditioned", False):
+        raise ValueError(
+            f"adapter {name!r} conditions its prompts on the image (CoCoOp), which the stock pipeline cannot do; "
+            "use `prompt_pipeline(model, tokenizer, image_processor)`"
+        )
     text = config.prompt_texts([_CLASS_SENTINEL], template)[0]
     if text.count(_CLASS_SENTINEL) != 1:
         raise ValueError(
-            f"the prompts of adapter {configs[0][0]!r} cannot be written as a hypothesis template (got {text!r}); "
+            f"the prompts of adapter {name!r} cannot be written as a hypothesis template (got {text!r}); "
             "use `prompt_pipeline` instead"
         )
     return text.replace("{", "{{").replace("}", "}}").replace(_CLASS_SENTINEL, "{}")
