@@ -227,3 +227,26 @@ def test_presets_and_errors():
         RestoreAdapterConfig(text_lengths=[2, 2], fs_definition="x")
     with pytest.raises(ValueError, match=r"^`text_ratio` must be a number >= 0.0, got -1$"):
         RestoreAdapterConfig(text_lengths=[2, 2], text_ratio=-1)
+
+
+def test_compiles_without_graph_breaks_and_runs_in_bf16_and_with_checkpointing():
+    model = get_peft_model(tiny_clip(0, attn="sdpa"), RestoreAdapterConfig(text_lengths=[2, 2]))
+    ids, pix = tokens(model), pixels()
+    with torch.no_grad():
+        eager = model(input_ids=ids, pixel_values=pix).logits_per_image
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")  # a graph break raises
+        torch.testing.assert_close(compiled(input_ids=ids, pixel_values=pix).logits_per_image, eager)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model(input_ids=ids, pixel_values=pix).logits_per_image
+    torch.testing.assert_close(mixed.float(), eager, atol=0.1, rtol=0.05)
+    grads = []
+    for checkpointing in (False, True):
+        model.zero_grad()
+        model.train()
+        if checkpointing:
+            model.get_base_model().activation_checkpointing_enable({"use_reentrant": False})
+        model(input_ids=ids, pixel_values=pix).logits_per_image.logsumexp(-1).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert all(g.abs().sum() > 0 for g in grads[0].values())
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=1e-5)
