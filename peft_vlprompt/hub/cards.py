@@ -289,7 +289,8 @@ def render_card(
         dataset: dataset name; defaults to `results["dataset"]` or `training_config["dataset"]`.
         base_model: Hub id of the base CLIP; defaults to the adapter config's `base_model_name_or_path`.
         classnames: class names for the usage snippet; defaults to `training_config["classnames"]`.
-        template: the hand-crafted template used in training; defaults to `training_config["template"]`.
+        template: the hand-crafted template used in training; defaults to `results["template"]`, then
+            `training_config["template"]` (only strings containing `{}` count; a template-table name is skipped).
     """
     results = dict(results or {})
     training_config = safe_training_config(training_config)
