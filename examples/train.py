@@ -19,8 +19,8 @@ every argument; `examples/aggregate_results.py` turns runs over seeds into the p
 """
 
 import logging
+import os
 
-from accelerate import PartialState
 from accelerate.logging import get_logger
 
 from peft_vlprompt.training import format_results, main
@@ -29,12 +29,12 @@ logger = get_logger(__name__)
 
 
 if __name__ == "__main__":
-    # verbose logs from the main process only; the others report warnings and errors
-    state = PartialState()
+    # verbose logs from the main process only; the others report warnings and errors (the rank is read from the
+    # launcher's environment: creating accelerate's state here would fix the device before `main` chooses it)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
-        level=logging.INFO if state.is_main_process else logging.WARNING,
+        level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
     )
     results = main()
     logger.info("results\n%s", format_results(results), main_process_only=True)

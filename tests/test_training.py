@@ -1,9 +1,11 @@
 """The training loop end to end on a tiny CLIP and tiny data: methods, resume, feature cache, schedule."""
 
 import json
+import logging
 import math
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from peft_vlprompt.training import dassl_lr, main
@@ -32,10 +34,26 @@ def test_dassl_schedule_matches_hand_values():
     )
 
 
-def test_coop_trains_two_epochs_and_writes_results(model_dir, tmp_path, caplog):
-    out = tmp_path / "coop"
-    results = main(base_args(model_dir, out, "coop", "--shots", "8"))  # 8 shots > the 6 images per class
-    assert "fewer than 8 images; used all of them" in caplog.text
+COOP_ARGS = ("--shots", "8")  # 8 shots > the 6 images per class of the tiny dataset
+
+
+@pytest.fixture(scope="module")
+def coop_run(model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("coop")
+    records = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger().addHandler(handler)
+    try:
+        results = main(base_args(model_dir, out, "coop", *COOP_ARGS))
+    finally:
+        logging.getLogger().removeHandler(handler)
+    return out, results, "\n".join(records)
+
+
+def test_coop_trains_two_epochs_and_writes_results(coop_run):
+    out, results, log_text = coop_run
+    assert "fewer than 8 images; used all of them" in log_text
     written = json.loads((out / "all_results.json").read_text())
     assert written == results
     assert results["method"] == "coop" and results["global_step"] == 2 * 6  # 12 base images / batch 2, 2 epochs
@@ -46,3 +64,114 @@ def test_coop_trains_two_epochs_and_writes_results(model_dir, tmp_path, caplog):
     saved = adapter(out)
     assert list(saved) == ["base_model.model.text_model.embeddings.token_embedding.coop_ctx"]
     assert saved["base_model.model.text_model.embeddings.token_embedding.coop_ctx"].shape == (4, 32)
+
+
+def test_image_feature_cache_gives_the_same_adapter(model_dir, tmp_path, coop_run, caplog):
+    """With one cached view per epoch the cached run sees the very same augmented images as the uncached one."""
+    caplog.set_level(logging.INFO, logger="peft_vlprompt.training")
+    out = tmp_path / "cached"
+    cached = main(base_args(model_dir, out, "coop", *COOP_ARGS, "--cache_image_features", "--num_views", "2",
+                            "--no_eval_zero_shot"))  # fmt: skip
+    assert "cached 2 views x 12 images of frozen image features" in caplog.text
+    reference, results = adapter(coop_run[0]), coop_run[1]
+    assert cached["global_step"] == results["global_step"]
+    for key, value in adapter(out).items():
+        torch.testing.assert_close(value, reference[key], atol=1e-6, rtol=1e-5)
+
+
+def test_kill_and_resume_gives_a_bit_identical_adapter(model_dir, tmp_path):
+    """ProGrad with gradient accumulation: a run stopped at step 5 (mid-epoch 1, at a checkpoint) and resumed ends
+    bit-identical to the uninterrupted run."""
+
+    def run(out, *extra):
+        return main(base_args(model_dir, out, "prograd", "--no_eval_zero_shot", "--batch_size", "1",
+                              "--gradient_accumulation_steps", "2", "--checkpointing_steps", "5", *extra))  # fmt: skip
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert run(full)["global_step"] == 8
+    assert run(part, "--max_train_steps", "5")["global_step"] == 5
+    assert sorted(p.name for p in (part / "checkpoints").iterdir()) == ["checkpoint_0"]
+    state = json.loads((part / "checkpoints" / "checkpoint_0" / "vlprompt_state.json").read_text())
+    assert (state["method"], state["global_step"]) == ("prograd", 5)
+    # the checkpoint holds the adapter only
+    assert list(load_file(str(part / "checkpoints" / "checkpoint_0" / "model.safetensors"))) == list(adapter(full))
+    assert not torch.equal(*[adapter(p)[k] for p in (full, part) for k in adapter(full)])
+    assert run(part, "--resume_from_checkpoint", "latest")["global_step"] == 8
+    a, b = adapter(full), adapter(part)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_deep_prompt_and_restore_methods_train(model_dir, tmp_path):
+    """A DPL-style found.json (prefix prompts, with the optional distillation term), MaPLe from its preset, and
+    RESTORE (surgery adapters, feature-shift term, ratio update at epoch 2 // 3 = 0) each run 2 epochs."""
+    from peft_vlprompt.tuners.deep_prompt import DeepPromptConfig
+
+    found = tmp_path / "found.json"
+    found.write_text(json.dumps(DeepPromptConfig(mode="prefix", text_lengths=[2, 0], vision_lengths=[1, 3]).to_dict()))
+    runs = {
+        "dpl": ["--config", str(found), "--kd_weight", "0.5"],
+        "maple": [],
+        "restore": [],
+    }
+    for method, extra in runs.items():
+        out = tmp_path / method
+        results = main(base_args(model_dir, out, method, "--no_eval_zero_shot", *extra))
+        assert results["global_step"] == 8 and 0 <= results["hm"] <= 100
+        assert json.loads((out / "all_results.json").read_text())["method"] == method
+        saved = adapter(out)
+        config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+        assert config["peft_type"] == {"dpl": "DEEP_PROMPT", "maple": "DEEP_PROMPT", "restore": "RESTORE"}[method]
+        assert not any("vision_model.encoder.layers.0.mlp" in k for k in saved)  # adapter only, no CLIP weights
+        if method == "dpl":
+            assert (config["mode"], config["text_lengths"], config["vision_lengths"]) == ("prefix", [2, 0], [1, 3])
+        if method == "restore":  # the one-time ratio update ran and its flag was saved with the adapter
+            flags = [v for k, v in saved.items() if "restore_updated" in k]
+            assert flags and all(bool(f) for f in flags)
+
+
+def _write_state(folder, **state):
+    folder.mkdir(parents=True)
+    (folder / "vlprompt_state.json").write_text(json.dumps(state))
+    return str(folder)
+
+
+ERROR_CASES = {
+    "unknown dataset": (["--dataset", "no_such_set"], ValueError, r"Unknown dataset 'no_such_set'\. Known datasets:"),
+    "unknown method": (["--method", "coopp"], ValueError, r"unknown `method` 'coopp'; available: .*coop"),
+    "missing data dir": (
+        ["--dataset", "dtd", "--data_dir", "{tmp}/nowhere"],
+        FileNotFoundError,
+        r"Data directory `data_dir` not found: .*nowhere",
+    ),
+    "corrupt split file": (["--dataset", "dtd", "--data_dir", "{tmp}/corrupt"], ValueError, r"is not valid JSON"),
+    "missing split list": (
+        ["--dataset", "fgvc_aircraft", "--data_dir", "{tmp}/aircraft"],
+        FileNotFoundError,
+        r"FGVCAircraft list file for 'fgvc_aircraft' not found",
+    ),
+    "other method's checkpoint": (
+        ["--method", "prograd", "--resume_from_checkpoint", "{tmp}/ckpt"],
+        ValueError,
+        r"checkpoint .*ckpt was written by method 'coop' \(peft type 'coop'\) but this run trains 'prograd'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_clear_errors_before_any_model_is_built(case, tmp_path, monkeypatch):
+    from peft_vlprompt.training import loop
+    from tests.data_fixtures import make_dtd
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the error")
+
+    monkeypatch.setattr(loop, "load_clip", no_model)
+    make_dtd(tmp_path / "corrupt")
+    (tmp_path / "corrupt" / "dtd" / "split_zhou_DescribableTextures.json").write_text('{"train": [')
+    (tmp_path / "aircraft" / "fgvc_aircraft" / "images").mkdir(parents=True)
+    _write_state(tmp_path / "ckpt", method="coop", peft_type="coop", global_step=3)
+    extra, error, match = ERROR_CASES[case]
+    extra = [arg.format(tmp=tmp_path) for arg in extra]
+    argv = base_args(tmp_path / "model", tmp_path / "out", "coop") + extra
+    with pytest.raises(error, match=match):
+        main(argv)

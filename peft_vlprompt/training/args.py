@@ -127,6 +127,13 @@ class TrainArguments:
             "choices": MIXED_PRECISION,
         },
     )
+    cpu: bool = field(
+        default=False,
+        metadata={
+            "help": "Run on CPU even when a GPU is present. A multi-process launch on a machine without a GPU "
+            "(e.g. `accelerate launch --multi_gpu --num_processes 2`) uses CPU + gloo automatically."
+        },
+    )
     # -- method-specific -------------------------------------------------------------------------------------------
     kd_weight: float | None = field(
         default=None,

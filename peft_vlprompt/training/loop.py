@@ -7,6 +7,7 @@ adapter only, evaluates, saves the adapter atomically and writes `all_results.js
 """
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -153,6 +154,17 @@ def _encode_views(views, num_views, classifier, accelerator, args) -> torch.Tens
     return out.view(num_views, len(views), -1)
 
 
+def _multi_process_without_gpu() -> bool:
+    """A torchrun-style launch (WORLD_SIZE > 1) on a machine without CUDA/XPU: DDP on CPU with gloo.
+
+    (accelerate 1.15's `accelerate launch --cpu --num_processes N` starts ONE process unless MPI is set up;
+    `--multi_gpu --num_processes N` starts N, which without this flag would each run alone.)
+    """
+    xpu = getattr(torch, "xpu", None)
+    has_device = torch.cuda.is_available() or (xpu is not None and xpu.is_available())
+    return not has_device and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def train(args: TrainArguments) -> dict:
     """Run one experiment; returns the results also written to `<output_dir>/all_results.json`."""
     spec, adapter_dict = _resolve_method(args)
@@ -167,6 +179,7 @@ def train(args: TrainArguments) -> dict:
     project = ProjectConfiguration(project_dir=args.output_dir, automatic_checkpoint_naming=True,
                                    total_limit=args.checkpoints_total_limit)  # fmt: skip
     accelerator = Accelerator(
+        cpu=args.cpu or _multi_process_without_gpu(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=args.report_to if args.with_tracking else None,
@@ -224,7 +237,9 @@ def train(args: TrainArguments) -> dict:
                            accelerator, vision_prompted, cache, resume_dir)  # fmt: skip
         save_adapter_atomically(model, results_dir, accelerator.is_main_process)
     trained = evaluator.run(zero_shot=False) if spec.trains else None
-    results = assemble_results(args, spec, config, data, zero_shot, trained, global_step, time.time() - t0)
+    results = assemble_results(
+        args, spec, config, data, zero_shot, trained, global_step, time.time() - t0, accelerator.num_processes
+    )
     if accelerator.is_main_process:
         atomic_write_json(results_dir / "all_results.json", results["summary"])
         atomic_write_json(results_dir / "per_class_accuracy.json", results["per_class"])

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backbones import ClipBackbone
-from .objectives import DistillationObjective, KgCoOpObjective, Objective, ProGradObjective, PromptSRCObjective
+from .objectives import (
+    DistillationObjective,
+    KgCoOpObjective,
+    Objective,
+    ProGradObjective,
+    PromptSRCObjective,
+    RestoreObjective,
+)
 from .presets import Preset
 
 logger = logging.getLogger(__name__)
@@ -144,6 +151,25 @@ def _from_config_file(method: str):
     return build
 
 
+def _restore_config(cls, settings: dict, ctx: BuildContext):
+    """`restore_preset` (per-dataset ratios of the released scripts); other datasets keep the config's defaults."""
+    from ..tuners.deep_prompt.presets import depth_lengths
+    from ..tuners.restore.config import RESTORE_DATASET_SETTINGS, dataset_key, restore_preset
+
+    if dataset_key(ctx.dataset) in RESTORE_DATASET_SETTINGS:
+        return restore_preset(ctx.dataset, ctx.backbone, **settings)
+    settings = dict(settings)
+    n_ctx, depth = settings.pop("n_ctx", 2), settings.pop("depth", 9)
+    logger.info("RESTORE has no released ratios for %r: using the config's defaults", ctx.dataset)
+    text = depth_lengths(n_ctx, depth, ctx.backbone.text_layers)
+    vision = depth_lengths(n_ctx, min(depth, ctx.backbone.text_layers), ctx.backbone.vision_layers)
+    return cls(text_lengths=text, vision_lengths=vision, **settings)
+
+
+def _restore_objective(config, preset, args):
+    return RestoreObjective(definition=config.fs_definition, weight=float(config.fs_weight))
+
+
 _COOP = "peft_vlprompt.tuners.coop:CoOpConfig"
 _DEEP = "peft_vlprompt.tuners.deep_prompt:DeepPromptConfig"
 _DEEP_PRESETS = "peft_vlprompt.tuners.deep_prompt.presets"
@@ -189,6 +215,13 @@ METHODS: dict[str, MethodSpec] = {
             _sized_preset(f"{_DEEP_PRESETS}:promptsrc_preset"),
             _promptsrc_objective,
             accepts_peft_types=("promptsrc",),
+        ),
+        MethodSpec(
+            "restore",
+            "peft_vlprompt.tuners.restore:RestoreAdapterConfig",
+            _restore_config,
+            _restore_objective,
+            accepts_peft_types=("restore",),
         ),
         MethodSpec("dpl", _DEEP, _from_config_file("dpl"), _kd_objective, accepts_peft_types=("deep_prompt",)),
         MethodSpec(

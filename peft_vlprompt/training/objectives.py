@@ -167,3 +167,28 @@ class DistillationObjective(Objective):
             teacher = teacher_logits(zs_image, self.zs_text, inputs.classifier.clip.logit_scale)
             terms["kd"] = self.weight * distillation_loss(inputs.logits, teacher, self.temperature)
         return terms
+
+
+class RestoreObjective(Objective):
+    """CE + RESTORE's feature-shift consistency (`losses.restore_losses`): the released code's prompt-Gram-norm
+    ratios (`"prompt_norm"`, no extra pass) or the paper's per-block feature shift (`"features"`, two extra tower
+    passes on the step's class prompts and images)."""
+
+    def __init__(self, definition: str = "prompt_norm", weight: float = 1.0) -> None:
+        self.definition, self.weight = definition, weight
+
+    @property
+    def needs_pixels(self) -> bool:
+        return self.definition == "features"
+
+    def __call__(self, inputs):
+        from ..losses.restore import restore_losses
+
+        clf = inputs.classifier
+        kwargs = {}
+        if self.definition == "features":
+            config = clf.prompt_config()
+            kwargs = {"input_ids": clf.tokenize(clf.prompts(config), config).to(inputs.logits.device),
+                      "pixel_values": inputs.pixel_values}  # fmt: skip
+        terms = restore_losses(clf.model, definition=self.definition, weight=self.weight, **kwargs)
+        return super().__call__(inputs) | terms

@@ -16,14 +16,6 @@ from typing import Any
 _PROMPTSRC_FEWSHOT_SHARP = {"stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat"}
 # ProGrad README: lambda 0.8 for 8/16 shots on these datasets (methods.md §6)
 _PROGRAD_LOW_LAMBDA = {"oxford_flowers", "dtd", "eurosat"}
-# RESTORE per-dataset (vis_r, text_r, fs_loss_r) from run_maple_fsa.sh (methods.md §8)
-_RESTORE_RATIOS = {
-    **dict.fromkeys(["fgvc_aircraft", "caltech101", "stanford_cars", "oxford_flowers", "food101"], (0.1, 0.1, 1.0)),
-    **dict.fromkeys(["oxford_pets", "eurosat"], (0.01, 0.1, 1.0)),
-    **dict.fromkeys(["sun397", "ucf101", "imagenet"], (0.05, 0.05, 1.0)),
-    "dtd": (0.15, 0.1, 0.5),
-}
-_RESTORE_DEFAULT_RATIOS = (0.1, 0.1, 1.0)  # the released argparse defaults (both ratios 0.1), weight 1
 
 
 @dataclass(frozen=True)
@@ -140,11 +132,9 @@ def _promptsrc(ctx: PresetContext) -> Preset:
 
 
 def _restore(ctx: PresetContext) -> Preset:
-    vis_r, text_r, weight = _RESTORE_RATIOS.get(ctx.dataset, _RESTORE_DEFAULT_RATIOS)
+    # the per-dataset ratios and loss weight (run_maple_fsa.sh) come from `tuners.restore.restore_preset`
     epochs = 2 if ctx.protocol in ("cross_dataset", "domain_generalization") else 10
-    adapter = {"n_ctx": 2, "depth": 9, "ctx_init": "a photo of a", "vision_ratio": vis_r, "text_ratio": text_r,
-               "fs_loss_weight": weight}  # fmt: skip
-    return Preset(epochs, 0.0035, 4, adapter,
+    return Preset(epochs, 0.0035, 4, {"n_ctx": 2, "depth": 9},
                   source="RESTORE MaPLe_FSA/vit_b16_c2_ep5_batch4_2ctx.yaml (MAX_EPOCH 10), run_maple_fsa.sh")  # fmt: skip
 
 

@@ -18,7 +18,9 @@ def _protocol_numbers(protocol: str, scores: dict[str, dict], names: list[str]) 
     return out
 
 
-def assemble_results(args, spec, config, data, zero_shot, trained, global_step: int, runtime_s: float) -> dict:
+def assemble_results(
+    args, spec, config, data, zero_shot, trained, global_step: int, runtime_s: float, num_processes: int = 1
+) -> dict:
     """`{"summary": all_results.json content, "per_class": per-class accuracies}`."""
     names = [split.name for split in data.eval_splits]
     summary = {
@@ -34,6 +36,7 @@ def assemble_results(args, spec, config, data, zero_shot, trained, global_step: 
         "lr": args.lr if spec.trains else None,
         "batch_size": args.batch_size if spec.trains else None,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "num_processes": num_processes,
         "global_step": global_step,
         "num_train_examples": len(data.train.train),
         "runtime_s": round(runtime_s, 2),
