@@ -260,3 +260,13 @@ def test_only_searched_towers_are_wrapped():
     model = get_peft_model(tiny_clip(), DPLSearchConfig(vision_candidates=[0]))
     assert {layer.tower for layer in supernet_layers(model)} == {"text"}
     assert chosen_lengths(model)["vision"] == [0, 0]
+
+
+def test_twenty_or_more_layers_are_all_wrapped():
+    # peft shrinks >= 20 target names to suffixes before matching; every layer must still get its supernet wrapper
+    model = get_peft_model(
+        tiny_clip(text_layers=10, vision_layers=10), DPLSearchConfig(text_candidates=[0, 1], vision_candidates=[0, 1])
+    )
+    assert [(layer.tower, layer.layer_index) for layer in supernet_layers(model)] == [
+        (tower, i) for tower in ("text", "vision") for i in range(10)
+    ]

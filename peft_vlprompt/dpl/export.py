@@ -33,6 +33,11 @@ def found_config(model: nn.Module, adapter_name: str = "default", **deep_prompt_
     from ..tuners.deep_prompt import DeepPromptConfig
 
     lengths = chosen_lengths(model, adapter_name)
+    if not any(lengths["text"]) and not any(lengths["vision"]):
+        raise ValueError(
+            "the search chose length 0 in every layer of both towers, i.e. zero-shot CLIP: there is nothing to "
+            f"train (alpha: {alpha_summary(model, adapter_name)['alpha_softmax']})"
+        )
     return DeepPromptConfig(
         mode="prefix", text_lengths=lengths["text"], vision_lengths=lengths["vision"], **deep_prompt_kwargs
     )

@@ -47,7 +47,7 @@ class DPLSearchArguments:
         num_epochs: passes over the training set (80 in the released few-shot config).
         batch_size / val_batch_size: per-process batch sizes of the prompt and alpha steps.
         lr, momentum, weight_decay, warmup_epochs, warmup_lr: the prompts' SGD and Dassl schedule.
-        alpha_lr, alpha_betas, alpha_weight_decay: the architecture weights' Adam.
+        alpha_lr, alpha_beta1, alpha_beta2, alpha_weight_decay: the architecture weights' Adam.
         seed: data order (and nothing else: seed the model's initialisation before creating it).
         max_steps: stop after this many steps (the schedule still spans `num_epochs`; resume continues it).
         checkpoint_every: write a checkpoint every this many steps (and at the end); None: only at the end.
@@ -65,7 +65,8 @@ class DPLSearchArguments:
     warmup_epochs: int = field(default=1, metadata={"help": "Epochs at the constant warm-up learning rate."})
     warmup_lr: float = field(default=1e-5, metadata={"help": "Warm-up learning rate of the prompts."})
     alpha_lr: float = field(default=3.5e-3, metadata={"help": "Adam learning rate of the architecture weights."})
-    alpha_betas: tuple[float, float] = field(default=(0.5, 0.999), metadata={"help": "Adam betas of alpha."})
+    alpha_beta1: float = field(default=0.5, metadata={"help": "Adam beta1 of alpha."})
+    alpha_beta2: float = field(default=0.999, metadata={"help": "Adam beta2 of alpha."})
     alpha_weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay of alpha."})
     seed: int = field(default=1, metadata={"help": "Seed of the training and validation batch order."})
     max_steps: int | None = field(default=None, metadata={"help": "Stop after this many steps (None: all)."})
@@ -74,7 +75,6 @@ class DPLSearchArguments:
     log_every: int = field(default=10, metadata={"help": "Log losses every N steps."})
 
     def __post_init__(self):
-        self.alpha_betas = tuple(self.alpha_betas)
         for name in ("num_epochs", "batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
@@ -87,8 +87,9 @@ class DPLSearchArguments:
                 raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}")
         if self.warmup_epochs < 0:
             raise ValueError(f"`warmup_epochs` must be >= 0, got {self.warmup_epochs}")
-        if len(self.alpha_betas) != 2 or not all(0 <= b < 1 for b in self.alpha_betas):
-            raise ValueError(f"`alpha_betas` must be two numbers in [0, 1), got {self.alpha_betas}")
+        for name in ("alpha_beta1", "alpha_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"`max_grad_norm` must be > 0, got {self.max_grad_norm}")
 
@@ -197,7 +198,10 @@ class DPLSearch:
         self.alphas = alpha_parameters(model, adapter_name)
         self.prompts = prompt_parameters(model, adapter_name)
         self.alpha_optimizer = torch.optim.Adam(
-            self.alphas, lr=args.alpha_lr, betas=args.alpha_betas, weight_decay=args.alpha_weight_decay
+            self.alphas,
+            lr=args.alpha_lr,
+            betas=(args.alpha_beta1, args.alpha_beta2),
+            weight_decay=args.alpha_weight_decay,
         )
         self.prompt_optimizer = torch.optim.SGD(
             self.prompts, lr=prompt_lr(0, args), momentum=args.momentum, weight_decay=args.weight_decay

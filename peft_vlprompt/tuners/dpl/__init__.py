@@ -9,6 +9,7 @@ from .model import (
     chosen_lengths,
     chosen_prompts,
     prompt_parameters,
+    set_mixing,
     supernet_layers,
 )
 
@@ -24,5 +25,6 @@ __all__ = [
     "chosen_lengths",
     "chosen_prompts",
     "prompt_parameters",
+    "set_mixing",
     "supernet_layers",
 ]

@@ -19,6 +19,11 @@ class DPLSearchModel(VLPromptTuner):
     def wrapper_for(self, config, key):
         return SupernetAttention
 
+    def _check_target_module_exists(self, peft_config, key: str) -> bool:
+        # peft shrinks a list of >= 20 targets to minimal suffixes before matching (here {"self_attn"}: 24 layers of
+        # ViT-B/16), so match against the full list resolved from the backbone instead of `target_modules`
+        return key in set(peft_config.target_module_names(self._backbone))
+
     def _link_layers(self, model: nn.Module, adapter_name: str) -> None:
         for layer in supernet_layers(model):
             layer.set_norm(model.get_submodule(ClipBackbone.attention_norm(layer.target_key)))
@@ -91,3 +96,16 @@ def chosen_prompts(model: nn.Module, adapter_name: str = "default") -> dict[str,
             if n:
                 out[tower][layer.layer_index] = layer.candidate_prompts(adapter_name, n).detach().clone()
     return out
+
+
+def set_mixing(model: nn.Module, mixing: str, adapter_name: str = "default") -> None:
+    """Switch how the supernet layers combine candidates at run time (`"efficient"` or `"naive"`; same output)."""
+    from .config import MIXINGS
+
+    if mixing not in MIXINGS:
+        raise ValueError(f"`mixing` must be one of {MIXINGS}, got {mixing!r}")
+    for layer in _layers_with(model, adapter_name):
+        layer.dpl_mixing[adapter_name] = mixing
+    config = getattr(model, "peft_config", {}).get(adapter_name)
+    if config is not None:
+        config.mixing = mixing

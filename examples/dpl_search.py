@@ -1,0 +1,42 @@
+"""DPL stage 1: search per-layer prefix-prompt lengths with a supernet (Huang et al., IJCAI 2025).
+
+    # the toy world with the shipped toy CLIP (CPU, a few minutes)
+    accelerate launch examples/dpl_search.py --dataset toy_objects --num_epochs 5 --output_dir runs/dpl_toy
+
+    # a paper setting: 16 shots, the released supernet schedule (80 epochs, batch 4, lr 3.5e-3)
+    accelerate launch examples/dpl_search.py --model openai/clip-vit-base-patch16 --dataset dtd --data_dir /data \
+        --shots 16 --seed 1 --output_dir runs/dpl_dtd
+
+    # resume an interrupted search exactly
+    accelerate launch examples/dpl_search.py ... --resume_from_checkpoint latest
+
+Writes `<output_dir>/found.json` (a `DeepPromptConfig(mode="prefix")` with the per-layer argmax lengths),
+`alphas.json` (softmaxed alpha per tower), `supernet/` (the searched adapter) and `checkpoint-<step>/`.
+
+DPL stage 2: train fresh prompts of the found lengths with the normal loop (optionally distilling zero-shot CLIP):
+
+    accelerate launch examples/train.py --method dpl --config runs/dpl_dtd/found.json --dataset dtd --data_dir /data \
+        [--kd_weight 1.0 --kd_temperature 1.0]
+
+`--help` lists every argument.
+"""
+
+import logging
+
+from accelerate import PartialState
+from accelerate.logging import get_logger
+
+from peft_vlprompt.dpl.run import main
+
+logger = get_logger(__name__)
+
+
+if __name__ == "__main__":
+    state = PartialState()
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        level=logging.INFO if state.is_main_process else logging.WARNING,
+    )
+    result = main()
+    logger.info("DPL search done: %s", result, main_process_only=True)

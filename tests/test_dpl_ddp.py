@@ -1,0 +1,75 @@
+"""DPL search under 2 CPU processes (gloo, through accelerate): 2 ranks x batch 1 give the parameters of one process
+with batch 2 (the ranks average their gradients; the batch order gives each rank half of the same global batch), and
+both ranks hold identical alpha and prompts.
+
+Run: `python -m pytest tests/test_dpl_ddp.py -q` (starts 2 processes).
+"""
+
+import os
+import socket
+from datetime import timedelta
+
+import torch
+import torch.multiprocessing as mp
+
+WORLD = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _search(out_dir: str, batch_size: int, accelerator=None) -> torch.Tensor:
+    from peft import get_peft_model
+
+    from peft_vlprompt import DPLSearchConfig, PromptClassifier
+    from peft_vlprompt.dpl import DPLSearch, DPLSearchArguments
+    from peft_vlprompt.tuners.dpl import alpha_parameters, prompt_parameters
+    from tests.tiny import IMAGE_SIZE, tiny_clip, tokenizer
+
+    g = torch.Generator().manual_seed(0)
+    data = [{"pixel_values": torch.randn(3, IMAGE_SIZE, IMAGE_SIZE, generator=g), "labels": i % 3} for i in range(8)]
+    clip = tiny_clip()
+    torch.manual_seed(0)
+    config = DPLSearchConfig(text_candidates=[0, 1, 2], vision_candidates=[0, 2], prompt_init="normal", init_std=0.3)
+    model = get_peft_model(clip, config)
+    classifier = PromptClassifier(model, tokenizer(), ["cat", "dog", "bird"])
+    args = DPLSearchArguments(num_epochs=1, batch_size=batch_size, lr=0.05, alpha_lr=0.05, warmup_epochs=0)
+    DPLSearch(model, classifier, data, data[:4], args, out_dir, accelerator=accelerator).run()
+    return torch.cat([p.detach().flatten() for p in alpha_parameters(model) + prompt_parameters(model)])
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(WORLD),
+        OMP_NUM_THREADS="1",
+    )
+    torch.set_num_threads(1)
+    from accelerate import Accelerator, InitProcessGroupKwargs
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)  # a forked rank inherits the parent's accelerate singletons
+    GradientState._reset_state()
+    accelerator = Accelerator(cpu=True, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=60))])
+    assert accelerator.num_processes == WORLD and accelerator.process_index == rank
+    params = _search(os.path.join(out_dir, "ddp"), batch_size=1, accelerator=accelerator)
+    torch.save(params, os.path.join(out_dir, f"rank{rank}.pt"))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+def test_two_processes_match_one_process(tmp_path):
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method=method)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    assert torch.equal(ranks[0], ranks[1])
+    expected = _search(str(tmp_path / "single"), batch_size=2)
+    torch.testing.assert_close(ranks[0], expected, atol=1e-5, rtol=0)
+    assert (tmp_path / "ddp" / "checkpoint-4" / "rng_1.pt").is_file()  # each rank's RNG state is checkpointed

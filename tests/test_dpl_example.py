@@ -1,0 +1,102 @@
+"""The documented DPL flow end to end on a tiny registered dataset and a tiny saved CLIP:
+`examples/dpl_search.py` (its `main`) -> `found.json` -> `examples/train.py --method dpl --config found.json`.
+
+Run: `python -m pytest tests/test_dpl_example.py -q`.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from datasets import ClassLabel, Dataset, Features, Image
+from PIL import Image as PILImage
+from transformers import CLIPImageProcessor
+
+from peft_vlprompt.data import DatasetSpec, RawSplits, register_dataset, unregister_dataset
+from peft_vlprompt.dpl.run import main as search_main
+from tests.tiny import IMAGE_SIZE, tiny_clip
+
+NAME = "dpl_tiny_colors"
+CLASSES = ["red", "green", "blue"]
+
+
+def _split(per_class: int, seed: int) -> Dataset:
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for label in range(len(CLASSES)):
+        for _ in range(per_class):
+            pixels = rng.integers(0, 60, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+            pixels[..., label] += 150
+            images.append(PILImage.fromarray(pixels))
+            labels.append(label)
+    features = Features({"image": Image(), "label": ClassLabel(names=CLASSES)})
+    return Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+@pytest.fixture
+def tiny_world(tmp_path):
+    def build(data_dir, with_val=True):
+        return RawSplits(train=_split(4, 0), val=_split(2, 1) if with_val else None, test=_split(2, 2),
+                         classnames=CLASSES)  # fmt: skip
+
+    register_dataset(DatasetSpec(name=NAME, kind="generated", builder=build))
+    register_dataset(DatasetSpec(name=NAME + "_noval", kind="generated", builder=lambda d: build(d, with_val=False)))
+    clip_dir = tmp_path / "clip"
+    tiny_clip().save_pretrained(clip_dir)
+    CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    ).save_pretrained(clip_dir)
+    yield clip_dir
+    unregister_dataset(NAME)
+    unregister_dataset(NAME + "_noval")
+
+
+def test_search_then_train_the_found_config(tiny_world, tmp_path):
+    out = tmp_path / "search"
+    common = ["--model", str(tiny_world), "--shots", "4", "--batch_size", "2", "--text_candidates", "0", "1", "2",
+              "--vision_candidates", "0", "3", "--output_dir", str(out), "--log_every", "1"]  # fmt: skip
+    result = search_main(["--dataset", NAME, "--num_epochs", "2", "--warmup_epochs", "0", *common])
+    assert result["steps"] == 12  # 12 training images, batch 2, 2 epochs
+    found = json.loads((out / "found.json").read_text())
+    assert found["peft_type"] == "DEEP_PROMPT" and found["mode"] == "prefix"
+    assert [found["text_lengths"], found["vision_lengths"]] == [
+        result["chosen_lengths"]["text"],
+        result["chosen_lengths"]["vision"],
+    ]
+    assert (out / "supernet" / "adapter_config.json").is_file() and (out / "checkpoint-12").is_dir()
+    alphas = json.loads((out / "alphas.json").read_text())
+    assert len(alphas["alpha_softmax"]["text"]) == 2 and len(alphas["alpha_softmax"]["vision"][0]) == 2
+
+    # resuming a finished search continues the schedule to a longer run, from the saved state
+    longer = search_main(
+        ["--dataset", NAME, "--num_epochs", "3", "--warmup_epochs", "0", "--resume_from_checkpoint", "latest", *common]
+    )
+    assert longer["steps"] == 18
+
+    from peft_vlprompt.training import main as train_main
+
+    train_out = tmp_path / "train"
+    metrics = train_main(["--method", "dpl", "--config", str(out / "found.json"), "--dataset", NAME, "--model", str(tiny_world),
+                          "--protocol", "few_shot", "--shots", "4", "--num_epochs", "1", "--batch_size", "4",
+                          "--kd_weight", "0.5", "--output_dir", str(train_out)])  # fmt: skip
+    assert (train_out / "adapter" / "adapter_config.json").is_file()
+    assert (
+        json.loads((train_out / "adapter" / "adapter_config.json").read_text())["text_lengths"]
+        == found["text_lengths"]
+    )
+    assert metrics
+
+
+def test_search_without_validation_split(tiny_world, tmp_path):
+    with pytest.raises(
+        ValueError,
+        match=r"^DPL's search needs validation data \(alpha is learned on it\): dataset 'dpl_tiny_colors_noval' has no val split",
+    ):
+        search_main(["--dataset", NAME + "_noval", "--model", str(tiny_world), "--output_dir", str(tmp_path)])
+
+
+def test_bad_search_space_fails_before_loading(tmp_path):
+    with pytest.raises(ValueError, match=r"^`text_candidates` must contain 0"):
+        search_main(
+            ["--text_candidates", "2", "4", "--model", str(tmp_path / "missing"), "--output_dir", str(tmp_path)]
+        )
