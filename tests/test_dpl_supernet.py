@@ -270,3 +270,18 @@ def test_twenty_or_more_layers_are_all_wrapped():
     assert [(layer.tower, layer.layer_index) for layer in supernet_layers(model)] == [
         (tower, i) for tower in ("text", "vision") for i in range(10)
     ]
+
+
+def test_supernet_layer_compiles_without_graph_breaks():
+    model = get_peft_model(tiny_clip(attn="sdpa"), DPLSearchConfig())
+    perturb_alpha(model, seed=5)
+    torch._dynamo.reset()
+    for layer, causal in ((supernet_layers(model, "text")[0], True), (supernet_layers(model, "vision")[1], False)):
+        hidden = torch.randn(2, 9, layer.base_layer.embed_dim)
+        kwargs = {"is_causal": True} if causal else {}
+        expected, _ = layer(hidden, None, **kwargs)
+        compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)  # fullgraph: a graph break is an error
+        out, _ = compiled(hidden, None, **kwargs)
+        out.sum().backward()
+        torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+        assert layer.dpl_alpha["default"].grad is not None and layer.dpl_prompts["default"].grad is not None

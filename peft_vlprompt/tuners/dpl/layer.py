@@ -46,7 +46,8 @@ class SupernetAttention(VLPromptLayer):
     The wrapped module receives LN1(x) as usual; the candidate prompts are normed with the same LayerNorm (a plain
     reference set by the tuner, not a submodule) and projected with the frozen k/v projections. Text prompts are
     visible to every token (the causal mask gets all-visible prompt columns); vision prompts are extra keys after
-    the patches. Only the first active adapter is used.
+    the patches. Only the first active adapter is used. CLIP's attention dropout (0 in every released checkpoint)
+    is not applied.
 
     Input: `hidden_states` (B, L, width) = LN1(x), `attention_mask` as transformers passes it. Output: the tuple
     `(attention output (B, L, width), None)` of `CLIPAttention`.
