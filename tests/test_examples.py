@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import datasets
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -23,6 +24,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tmp_path, monkeypatch):
     """ProGrad (its general direction is all-reduced) on 2 gloo ranks x batch 2 == 1 process x batch 4."""
     model_dir = save_tiny_model(tmp_path / "clip")
@@ -58,3 +60,56 @@ def test_two_process_ddp_matches_one_process(tmp_path, monkeypatch):
         torch.testing.assert_close(a[key], b[key], atol=2e-6, rtol=1e-5)
         init = b[key]
     assert init.abs().sum() > 0
+
+
+def _load_example(path: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_aggregate_results_mean_std_and_hm(tmp_path):
+    aggregate = _load_example("examples/aggregate_results.py")
+    runs = [  # two seeds of CoOp on one dataset, base2new; base 80/60, new 70/50
+        {"method": "coop", "dataset": "dtd", "protocol": "base2new", "shots": 16, "seed": seed,
+         "base_accuracy": b, "new_accuracy": n, "hm": 0.0,
+         "zero_shot": {"base_accuracy": 50.0 + seed, "new_accuracy": 40.0, "hm": 0.0}}
+        for seed, b, n in ((1, 80.0, 70.0), (2, 60.0, 50.0))
+    ]  # fmt: skip
+    for run in runs:
+        folder = tmp_path / f"seed{run['seed']}"
+        folder.mkdir()
+        (folder / "all_results.json").write_text(json.dumps(run))
+    text = aggregate.main([str(tmp_path), "--output", str(tmp_path / "table.md")])
+    assert (tmp_path / "table.md").read_text() == text
+    # mean 70 / 60, sample std sqrt(((80-70)^2 + (60-70)^2) / 1) = 14.14; HM of the means 2*70*60/130 = 64.62
+    assert "| coop | 70.00 ± 14.14 | 60.00 ± 14.14 | 64.62 |" in text
+    # zero-shot CLIP from the recorded numbers: base 51 / 52 -> 51.50 ± 0.71, new 40; HM 2*51.5*40/91.5 = 45.03
+    assert "| zero-shot CLIP | 51.50 ± 0.71 | 40.00 ± 0.00 | 45.03 |" in text
+    assert "### base2new, 16 shots (seeds 1, 2)" in text
+
+
+def test_step_time_benchmark_runs_and_prints_ratios(capsys):
+    bench = _load_example("examples/benchmarks/step_time.py")
+    tiny = ["--classes", "6", "--batch", "2", "--steps", "1", "--text_width", "64", "--text_layers", "2",
+            "--vision_width", "64", "--vision_layers", "2", "--image_size", "32", "--patch_size", "8"]  # fmt: skip
+    results = bench.main([*tiny, "--methods", "prograd,restore"])
+    assert set(results) == {"prograd", "restore"}
+    assert set(results["prograd"]) == {"straightforward", "package", "package + cache", "tokens"}
+    assert "package + cache" not in results["restore"]  # the image tower is prompted: nothing to cache
+    assert all(t > 0 for row in results.values() for k, (t, _) in row.items() if k != "tokens")
+    assert results["prograd"]["tokens"][0] < 77
+    assert "straightforward / this" in capsys.readouterr().out
+
+
+def test_help_documents_every_argument():
+    from peft_vlprompt.training import TrainArguments, parse_args
+
+    fields = TrainArguments.__dataclass_fields__.values()
+    assert all(f.metadata.get("help") for f in fields)
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--help"])
+    assert exit_info.value.code == 0

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from peft_vlprompt.training import dassl_lr, main
-from tests.test_training_fixtures import base_args, save_tiny_model
+from tests.test_training_fixtures import base_args, make_imagefolder, save_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +44,21 @@ def coop_run(model_dir, tmp_path_factory):
     handler = logging.Handler(level=logging.WARNING)
     handler.emit = lambda record: records.append(record.getMessage())
     logging.getLogger().addHandler(handler)
+    pushed = []
     try:
-        results = main(base_args(model_dir, out, "coop", *COOP_ARGS))
+        with pytest.MonkeyPatch.context() as mp:  # the Hub upload itself is the hub module's business (and tests)
+            mp.setattr("peft_vlprompt.hub.push_prompts", lambda model, repo, **kw: pushed.append((model, repo, kw)))
+            results = main(base_args(model_dir, out, "coop", *COOP_ARGS, "--push_to_hub", "--hub_model_id", "me/x"))
     finally:
         logging.getLogger().removeHandler(handler)
-    return out, results, "\n".join(records)
+    return out, results, "\n".join(records), pushed
 
 
 def test_coop_trains_two_epochs_and_writes_results(coop_run):
-    out, results, log_text = coop_run
+    out, results, log_text, pushed = coop_run
+    ((model, repo, kwargs),) = pushed
+    assert repo == "me/x" and kwargs["results"] == results and kwargs["classnames"] == ["bird", "cat"]
+    assert kwargs["training_config"]["method"] == "coop" and type(model).__name__ == "PeftModel"
     assert "fewer than 8 images; used all of them" in log_text
     written = json.loads((out / "all_results.json").read_text())
     assert written == results
@@ -108,15 +114,18 @@ def test_deep_prompt_and_restore_methods_train(model_dir, tmp_path):
 
     found = tmp_path / "found.json"
     found.write_text(json.dumps(DeepPromptConfig(mode="prefix", text_lengths=[2, 0], vision_lengths=[1, 3]).to_dict()))
-    runs = {
-        "dpl": ["--config", str(found), "--kd_weight", "0.5"],
+    runs = {  # the DPL run also covers the few-shot protocol (4 classes x 4 shots / batch 2 = 8 steps per epoch)
+        "dpl": ["--config", str(found), "--kd_weight", "0.5", "--protocol", "few_shot"],
         "maple": [],
         "restore": [],
     }
     for method, extra in runs.items():
         out = tmp_path / method
         results = main(base_args(model_dir, out, method, "--no_eval_zero_shot", *extra))
-        assert results["global_step"] == 8 and 0 <= results["hm"] <= 100
+        if method == "dpl":
+            assert results["global_step"] == 16 and 0 <= results["accuracy"] <= 100 and "hm" not in results
+        else:
+            assert results["global_step"] == 8 and 0 <= results["hm"] <= 100
         assert json.loads((out / "all_results.json").read_text())["method"] == method
         saved = adapter(out)
         config = json.loads((out / "adapter" / "adapter_config.json").read_text())
@@ -127,6 +136,17 @@ def test_deep_prompt_and_restore_methods_train(model_dir, tmp_path):
         if method == "restore":  # the one-time ratio update ran and its flag was saved with the adapter
             flags = [v for k, v in saved.items() if "restore_updated" in k]
             assert flags and all(bool(f) for f in flags)
+
+
+def test_zero_shot_cross_dataset_evaluates_source_and_targets(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    results = main(base_args(model_dir, tmp_path / "zs", "zeroshot", "--protocol", "cross_dataset",
+                             "--eval_datasets", "imagefolder", "--data_dir", str(make_imagefolder(tmp_path / "f"))))  # fmt: skip
+    assert results["global_step"] == 0 and results["peft_type"] is None
+    # the imagefolder holds the same images and classes as the source: zero-shot CLIP scores them identically
+    assert results["target_accuracy"] == {"imagefolder": results["accuracy"]}
+    assert results["zero_shot"]["accuracy"] == results["accuracy"] == results["average_target_accuracy"]
+    assert not (tmp_path / "zs" / "adapter").exists()
 
 
 def _write_state(folder, **state):

@@ -150,7 +150,7 @@ def check_dataset_names(args) -> None:
             get_dataset_spec(name)
 
 
-def load_protocol_data(args, table: str) -> ProtocolData:
+def load_protocol_data(args, table: str, needs_train: bool = True) -> ProtocolData:
     """Load the splits of `args.protocol` (few-shot sampling and base/new exactly as CoOp, in `load_task`)."""
     shots = None if args.shots == -1 else args.shots
 
@@ -165,16 +165,17 @@ def load_protocol_data(args, table: str) -> ProtocolData:
         task = base
     else:
         task = load(args.dataset, "all")
-        name = "test" if args.protocol == "few_shot" else task.name
+        if needs_train and (task.train is None or len(task.train) == 0):
+            raise ValueError(f"dataset {task.name!r} has no training images; it cannot be the training dataset")
+        name = "test" if args.protocol == "few_shot" else "source"  # targets are named by their dataset
         splits = [EvalSplit(name, task.test, task.classnames, task.template)]
         if args.protocol != "few_shot":
             for target in eval_targets(args):
                 t = load(target, "all", None)
                 splits.append(EvalSplit(t.name, t.test, t.classnames, t.template))
-    if task.train is None or len(task.train) == 0:
-        raise ValueError(f"dataset {task.name!r} has no training images; it cannot be the training dataset")
     logger.info(
-        "%s: %d training images, %d classes; test splits: %s", task.name, len(task.train), task.num_classes,
+        "%s: %d training images, %d classes; test splits: %s", task.name,
+        0 if task.train is None else len(task.train), task.num_classes,
         ", ".join(f"{s.name} ({len(s.dataset)} images, {len(s.classnames)} classes)" for s in splits),
     )  # fmt: skip
     return ProtocolData(task, splits)

@@ -6,9 +6,12 @@ logger = logging.getLogger(__name__)
 
 
 def _configs(model):
-    configs = getattr(model, "peft_config", None) or {}
-    active = getattr(model, "active_adapters", None) or list(configs)
-    return [configs[name] for name in active if name in configs]
+    configs = getattr(model, "peft_config", None)
+    if not isinstance(configs, dict) or not configs:
+        return []  # a plain CLIPModel (zero-shot)
+    active = getattr(model, "active_adapters", None)
+    active = active() if callable(active) else active
+    return [configs[name] for name in (active or list(configs)) if name in configs]
 
 
 def image_conditioned(model) -> bool:

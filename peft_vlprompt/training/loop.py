@@ -187,7 +187,7 @@ def train(args: TrainArguments) -> dict:
     )
     set_seed(args.seed)
     ctx0 = PresetContext(args.protocol, args.shots, args.dataset)
-    data = load_protocol_data(args, get_preset(spec.name, ctx0).template_table)
+    data = load_protocol_data(args, get_preset(spec.name, ctx0).template_table, needs_train=spec.trains)
     task = data.train
     preset = get_preset(spec.name, PresetContext(args.protocol, args.shots, task.name, task.template))
     for key in ("num_epochs", "lr", "batch_size"):
@@ -244,7 +244,7 @@ def train(args: TrainArguments) -> dict:
         atomic_write_json(results_dir / "all_results.json", results["summary"])
         atomic_write_json(results_dir / "per_class_accuracy.json", results["per_class"])
         if args.push_to_hub and spec.trains:
-            _push(model, args, results["summary"])
+            _push(model, args, results["summary"], task)
     accelerator.wait_for_everyone()
     if args.with_tracking:
         accelerator.end_training()
@@ -367,13 +367,15 @@ def _log(accelerator, logged, step, epoch, optimizer, prograd, tracking):
         accelerator.log(values, step=step)
 
 
-def _push(model, args, summary):
+def _push(model, args, summary, task):
     try:
         from ..hub import push_prompts
     except ImportError:
         logger.warning("--push_to_hub: peft_vlprompt.hub.push_prompts is not available; the adapter was not pushed")
         return
-    push_prompts(model, args.hub_model_id, results=summary, training_config=vars(args), private=args.hub_private)
+    push_prompts(model, args.hub_model_id, results=summary, training_config=vars(args), private=args.hub_private,
+                 classnames=task.classnames, template=task.template)  # fmt: skip
+    logger.info("pushed the adapter and its model card to %s", args.hub_model_id)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -38,7 +38,7 @@ def assemble_results(
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "num_processes": num_processes,
         "global_step": global_step,
-        "num_train_examples": len(data.train.train),
+        "num_train_examples": 0 if data.train.train is None else len(data.train.train),
         "runtime_s": round(runtime_s, 2),
     }
     per_class = {}
