@@ -195,3 +195,59 @@ def test_clear_errors_before_any_model_is_built(case, tmp_path, monkeypatch):
     argv = base_args(tmp_path / "model", tmp_path / "out", "coop") + extra
     with pytest.raises(error, match=match):
         main(argv)
+
+
+def test_objectives_against_hand_computed_terms():
+    """Teacher features, ProGrad's direction term, the template ensemble and the distillation term by hand."""
+    import torch.nn.functional as F
+    from peft import get_peft_model
+
+    from peft_vlprompt import CoOpConfig, PromptClassifier
+    from peft_vlprompt.training.objectives import (
+        DistillationObjective,
+        ProGradObjective,
+        StepInputs,
+        distillation_loss,
+        ensemble_text_features,
+    )
+    from tests.tiny import tiny_clip, tokenizer
+
+    names = ["cat", "sea lion", "dog"]
+    base = tiny_clip()
+
+    def hand_text(template):  # unnormalised frozen text features of the template prompts, padded per prompt
+        rows = []
+        for name in names:
+            ids = tokenizer()(template.format(name), return_tensors="pt")["input_ids"]
+            with torch.no_grad():
+                out = base.get_text_features(input_ids=ids)
+            rows.append((out.pooler_output if hasattr(out, "pooler_output") else out)[0])
+        return torch.stack(rows)
+
+    clf = PromptClassifier(get_peft_model(tiny_clip(), CoOpConfig(n_ctx=4)), tokenizer(), names).eval()
+    image = F.normalize(torch.randn(5, 24, generator=torch.Generator().manual_seed(0)), dim=-1)
+    logits = 3.0 * torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1, 2, 1, 0])
+    inputs = StepInputs(clf, logits, labels, image, None, None)
+
+    objective = ProGradObjective(temperature=2.0)
+    objective.prepare(clf, vision_prompted=False)
+    teacher = base.logit_scale.exp().detach() * image @ F.normalize(hand_text("a photo of a {}."), dim=-1).T
+    p_t = F.softmax(teacher / 2.0, dim=-1)
+    expected_kl = -(p_t * F.log_softmax(logits / 2.0, dim=-1)).sum(-1).mean() * 4.0
+    terms = objective(inputs)
+    assert objective.direction_terms == ("prograd_kl",)
+    torch.testing.assert_close(terms["prograd_kl"], expected_kl, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(terms["ce"], F.cross_entropy(logits, labels))
+
+    templates = ["a photo of a {}.", "a drawing of the {}."]
+    expected = F.normalize((hand_text(templates[0]) + hand_text(templates[1])) / 2, dim=-1)
+    torch.testing.assert_close(ensemble_text_features(clf, templates), expected, atol=1e-5, rtol=1e-5)
+
+    # KL(p_teacher || p_student) * T^2 averaged over the batch, with the teacher from zero-shot CLIP
+    p_s = F.log_softmax(logits / 2.0, dim=-1)
+    hand_kd = (p_t * (p_t.log() - p_s)).sum(-1).mean() * 4.0
+    torch.testing.assert_close(distillation_loss(logits, teacher, 2.0), hand_kd, atol=1e-5, rtol=1e-5)
+    kd = DistillationObjective(weight=0.5, temperature=2.0)
+    kd.prepare(clf, vision_prompted=False)
+    torch.testing.assert_close(kd(inputs)["kd"], 0.5 * hand_kd, atol=1e-5, rtol=1e-5)

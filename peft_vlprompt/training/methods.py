@@ -111,11 +111,17 @@ def _coop_family(cls, settings: dict, ctx: BuildContext):
 
 
 def _prograd_objective(config, preset, args):
-    return ProGradObjective(temperature=float(_setting(config, preset, "temperature", 1.0)))
+    return ProGradObjective(
+        temperature=float(_setting(config, preset, "temperature", 1.0)),
+        teacher_template=getattr(config, "teacher_template", None),
+    )
 
 
 def _kgcoop_objective(config, preset, args):
-    return KgCoOpObjective(weight=float(_setting(config, preset, "kg_weight", 8.0)))
+    return KgCoOpObjective(
+        weight=float(_setting(config, preset, "kg_weight", 8.0)),
+        teacher_template=getattr(config, "teacher_template", None),
+    )
 
 
 def _promptsrc_objective(config, preset, args):

@@ -62,17 +62,24 @@ class Objective:
             return inputs.classifier.image_features(inputs.pixel_values).detach()
 
 
+def teacher_text_features(classifier: PromptClassifier, template: str | None) -> torch.Tensor:
+    """Zero-shot text features with the teacher's template (the classifier's own, cached, when it is the same)."""
+    if template is None or template == classifier.template:
+        return classifier.zero_shot_text_features()
+    return ensemble_text_features(classifier, [template])
+
+
 class ProGradObjective(Objective):
     """CE, plus the soft cross-entropy to zero-shot CLIP whose gradient is ProGrad's general direction."""
 
     direction_terms = ("prograd_kl",)
 
-    def __init__(self, temperature: float = 1.0) -> None:
-        self.temperature = temperature
+    def __init__(self, temperature: float = 1.0, teacher_template: str | None = None) -> None:
+        self.temperature, self.teacher_template = temperature, teacher_template
 
     def prepare(self, classifier, vision_prompted):
         super().prepare(classifier, vision_prompted)
-        self.zs_text = classifier.zero_shot_text_features()
+        self.zs_text = teacher_text_features(classifier, self.teacher_template)
 
     def __call__(self, inputs):
         terms = super().__call__(inputs)
@@ -84,12 +91,12 @@ class ProGradObjective(Objective):
 class KgCoOpObjective(Objective):
     """CE + w·(1 − mean cos(text feature, zero-shot text feature))."""
 
-    def __init__(self, weight: float = 8.0) -> None:
-        self.weight = weight
+    def __init__(self, weight: float = 8.0, teacher_template: str | None = None) -> None:
+        self.weight, self.teacher_template = weight, teacher_template
 
     def prepare(self, classifier, vision_prompted):
         super().prepare(classifier, vision_prompted)
-        self.zs_text = classifier.zero_shot_text_features()
+        self.zs_text = teacher_text_features(classifier, self.teacher_template)
 
     def __call__(self, inputs):
         if inputs.text_features is None:
