@@ -12,7 +12,6 @@ from peft import get_peft_model
 
 from peft_vlprompt import DPLSearchConfig, PromptClassifier
 from peft_vlprompt.dpl import (
-    ALPHAS_FILE,
     CyclingBatches,
     DPLSearch,
     DPLSearchArguments,
@@ -21,7 +20,7 @@ from peft_vlprompt.dpl import (
     pass_batches,
     prompt_lr,
 )
-from peft_vlprompt.tuners.dpl import alpha_parameters, chosen_lengths, prompt_parameters
+from peft_vlprompt.tuners.dpl import alpha_parameters, chosen_lengths, prompt_parameters, supernet_layers
 from tests.tiny import IMAGE_SIZE, tiny_clip, tokenizer
 
 CLASSNAMES = ["cat", "dog", "bird"]
@@ -137,13 +136,15 @@ def test_alpha_moves_and_export_is_argmax(tmp_path):
     assert latest_checkpoint(tmp_path).name == "checkpoint-12"
 
 
-def test_save_alpha_summary_names(tmp_path):
-    # the released code swaps the text/image alpha file names; ours are keyed by tower and sized per tower
+def test_alpha_summary_is_keyed_and_sized_per_tower(tmp_path):
+    # the released code saves the image alpha under the text file name and vice versa; ours are keyed by tower
     search = make_search(tmp_path)
-    summary = alpha_summary(search.model)
+    summary = json.loads(json.dumps(alpha_summary(search.model)))  # JSON-serialisable as written to alphas.json
+    assert summary["candidates"] == {"text": [0, 1, 2], "vision": [0, 2]}
     assert [len(row) for row in summary["alpha"]["text"]] == [3, 3]
     assert [len(row) for row in summary["alpha"]["vision"]] == [2, 2]
-    (tmp_path / ALPHAS_FILE).write_text(json.dumps(summary))
+    text_layers = [layer for layer in supernet_layers(search.model) if layer.tower == "text"]
+    assert summary["alpha"]["text"][1] == text_layers[1].dpl_alpha["default"].tolist()
 
 
 # -- resume --------------------------------------------------------------------------------------------------------
