@@ -251,3 +251,25 @@ def test_objectives_against_hand_computed_terms():
     kd = DistillationObjective(weight=0.5, temperature=2.0)
     kd.prepare(clf, vision_prompted=False)
     torch.testing.assert_close(kd(inputs)["kd"], 0.5 * hand_kd, atol=1e-5, rtol=1e-5)
+
+
+def test_presets_follow_the_papers_configs():
+    from peft_vlprompt.training import PresetContext, available_methods, get_preset
+    from peft_vlprompt.training.presets import coop_epochs, init_phrase
+
+    # CoOp's COOP.md: 1 shot -> ep50, 2/4 -> ep100, 8/16 -> 200 epochs; ImageNet always ep50
+    assert [coop_epochs(k, "dtd") for k in (1, 2, 4, 8, 16)] == [50, 100, 100, 200, 200]
+    assert coop_epochs(16, "imagenet") == 50
+    assert init_phrase("a type of pet, a photo of a {}.") == "a type of pet, a photo of a"
+    pro = get_preset("prograd", PresetContext("base2new", 16, "oxford_pets", "a type of pet, a photo of a {}."))
+    assert (pro.num_epochs, pro.lr, pro.batch_size, pro.template_table) == (200, 0.002, 32, "prograd")
+    assert pro.adapter["ctx_init"] == "a type of pet, a photo of a" and pro.adapter["lambda_"] == 1.0
+    assert get_preset("prograd", PresetContext("few_shot", 16, "dtd")).adapter["lambda_"] == 0.8
+    src = get_preset("promptsrc", PresetContext("few_shot", 16, "dtd"))
+    assert (src.num_epochs, src.adapter["gpa_mean"], src.adapter["gpa_std"]) == (50, 45.0, 5.0)
+    assert get_preset("maple", PresetContext("cross_dataset", 16, "imagenet")).adapter["depth"] == 3
+    kg = get_preset("kgcoop", PresetContext("base2new", 16, "dtd"))
+    assert (kg.num_epochs, kg.batch_size, kg.adapter["kg_weight"]) == (100, 128, 8.0)
+    expected = {"coop", "cocoop", "prograd", "kgcoop", "ivlp", "vpt", "deep_language", "maple", "promptsrc",
+                "restore", "dpl", "deep_prompt", "zeroshot"}  # fmt: skip
+    assert set(available_methods()) == expected

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"Comma-separated subset of {METHODS}.")
     parser.add_argument("--batch", type=int, default=8, help="Images per step.")
     parser.add_argument("--classes", type=int, default=100, help="Number of classes (text prompts per step).")
-    parser.add_argument("--steps", type=int, default=3, help="Timed steps per configuration (after 1 warm-up).")
+    parser.add_argument("--steps", type=int, default=2, help="Timed steps per configuration (after 1 warm-up).")
     parser.add_argument("--chunk", type=int, default=256, help="Classes per text-encoder call (package path).")
     parser.add_argument("--text_width", type=int, default=512, help="Text tower width (ViT-B/16: 512).")
     parser.add_argument("--text_layers", type=int, default=12, help="Text tower layers (ViT-B/16: 12).")
@@ -190,10 +190,14 @@ def main(argv: list[str] | None = None) -> dict:
     names = classnames(args.classes)
     print(f"device {device}, batch {args.batch}, {args.classes} classes, {args.steps} timed steps, "
           f"text {args.text_width}x{args.text_layers}, vision {args.vision_width}x{args.vision_layers} "
-          f"@ {args.image_size}px/{args.patch_size}")  # fmt: skip
+          f"@ {args.image_size}px/{args.patch_size}", flush=True)  # fmt: skip
     results = {}
     for method in args.methods.split(","):
-        runner = Runner(method, args, tokenizer, names, device)
+        try:
+            runner = Runner(method, args, tokenizer, names, device)
+        except Exception as e:  # report and go on: one broken adapter should not hide the others' numbers
+            print(f"  {method}: could not build the adapter: {type(e).__name__}: {e}", flush=True)
+            continue
         row = {"straightforward": measure(runner.straightforward, args.steps, device),
                "package": measure(runner.package, args.steps, device)}  # fmt: skip
         if runner.cached is not None:
@@ -201,6 +205,8 @@ def main(argv: list[str] | None = None) -> dict:
         longest = runner.clf.tokenize(runner.clf.prompts(runner.clf.prompt_config()), runner.clf.prompt_config())
         row["tokens"] = (longest.shape[1], 77)
         results[method] = row
+        times = ", ".join(f"{k} {v[0]:.3f}s" for k, v in row.items() if k != "tokens")
+        print(f"  {method}: {times}", flush=True)
     print(f"\n{'method':10s} {'path':18s} {'s/step':>8s} {'peak MiB':>9s} {'straightforward / this':>22s}")
     for method, row in results.items():
         base = row["straightforward"][0]

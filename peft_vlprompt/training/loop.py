@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..backbones import ClipBackbone
 from ..classifier import PromptClassifier
 from ..data import make_transform
 from ..optim import GaussianPromptAggregator, ProGrad
@@ -198,16 +199,18 @@ def train(args: TrainArguments) -> dict:
     set_seed(args.seed)  # adapter initialisation does not depend on what data loading drew
     config = None
     if spec.trains:
-        ctx = BuildContext(None, task.template, task.num_classes, task.name)
-        from ..backbones import ClipBackbone
-
-        ctx.backbone = ClipBackbone.from_model(clip)
+        ctx = BuildContext(ClipBackbone.from_model(clip), task.template, task.num_classes, task.name)
         if adapter_dict is not None:
             config = config_from_dict(adapter_dict, args.adapter_overrides())
         else:
             cls = spec.resolved_config_class()
             config = spec.build_config(cls, preset.adapter | args.adapter_overrides(), ctx)
+        if getattr(config, "class_specific", False) and args.protocol != "few_shot":
+            raise ValueError(f"class-specific context cannot be evaluated on other classes: protocol "
+                             f"{args.protocol!r} needs `class_specific=False`")  # fmt: skip
         model = get_peft_model(clip, config)
+        logger.info("%s: %d epochs, lr %g, batch %d per process (preset: %s)", spec.name, args.num_epochs, args.lr,
+                    args.batch_size, preset.source)  # fmt: skip
     else:
         model = clip
     classifier = PromptClassifier(model, tokenizer, task.classnames, template=task.template,
