@@ -106,6 +106,10 @@ class VLPromptTuner(BaseTuner):
         config.validate_for_backbone(backbone)
         config.target_modules = config.target_module_names(backbone)
         self._backbone = backbone
+        # peft rewrites lists of >= 20 targets into minimal suffixes (e.g. {"self_attn"}) before matching, so match
+        # against the exact module paths resolved here instead of `config.target_modules`
+        self._resolved_targets = getattr(self, "_resolved_targets", {})
+        self._resolved_targets[id(config)] = set(config.target_modules)
         super().inject_adapter(model, adapter_name, *args, **kwargs)
         self._link_layers(model, adapter_name)
 
@@ -113,7 +117,8 @@ class VLPromptTuner(BaseTuner):
         """Cross-layer references (e.g. MaPLe coupling); none by default."""
 
     def _check_target_module_exists(self, peft_config: VLPromptConfig, key: str) -> bool:
-        return key in set(peft_config.target_modules or ())
+        resolved = getattr(self, "_resolved_targets", {}).get(id(peft_config))
+        return key in (resolved if resolved is not None else set(peft_config.target_modules or ()))
 
     def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
         if isinstance(target, VLPromptLayer):
