@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"Comma-separated subset of {METHODS}.")
     parser.add_argument("--batch", type=int, default=8, help="Images per step.")
     parser.add_argument("--classes", type=int, default=100, help="Number of classes (text prompts per step).")
-    parser.add_argument("--steps", type=int, default=2, help="Timed steps per configuration (after 1 warm-up).")
+    parser.add_argument("--steps", type=int, default=1, help="Timed steps per configuration (after 1 warm-up).")
     parser.add_argument("--chunk", type=int, default=256, help="Classes per text-encoder call (package path).")
     parser.add_argument("--text_width", type=int, default=512, help="Text tower width (ViT-B/16: 512).")
     parser.add_argument("--text_layers", type=int, default=12, help="Text tower layers (ViT-B/16: 12).")

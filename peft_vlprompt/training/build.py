@@ -139,7 +139,23 @@ def eval_targets(args) -> list[str]:
     source = get_dataset_spec(args.dataset).name
     if source == "imagenet":
         return list(DG_TARGETS if args.protocol == "domain_generalization" else CROSS_DATASET_TARGETS)
+    toy = _toy_targets(source, args.protocol)
+    if toy:
+        return toy
     raise ValueError(f"`eval_datasets` is required for protocol {args.protocol!r} with source dataset {source!r}")
+
+
+def _toy_targets(source: str, protocol: str) -> list[str]:
+    """Toy world defaults: the source task in the other domains (DG), or the other tasks (cross-dataset)."""
+    from ..toy import DEFAULT_DOMAIN, list_domains, list_tasks
+    from ..toy.registry import toy_dataset_name
+
+    for task in list_tasks():
+        if source == toy_dataset_name(task):
+            if protocol == "domain_generalization":
+                return [toy_dataset_name(task, d) for d in list_domains() if d != DEFAULT_DOMAIN]
+            return [toy_dataset_name(other) for other in list_tasks() if other != task]
+    return []
 
 
 def check_dataset_names(args) -> None:
