@@ -79,7 +79,9 @@ class AugmentedViews(TorchDataset):
         view, index = key
         example = self.dataset[int(index)]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(view_seed(self.seed, view, index))
+            # the CPU generator only: `torch.manual_seed` also queues lazy seeds for every accelerator backend,
+            # which costs milliseconds per call
+            torch.random.default_generator.manual_seed(view_seed(self.seed, view, index))
             pixels = self.transform.train_image(example["image"])
         return {"pixel_values": pixels, "labels": int(example["label"])}
 
