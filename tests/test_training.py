@@ -273,3 +273,20 @@ def test_presets_follow_the_papers_configs():
     expected = {"coop", "cocoop", "prograd", "kgcoop", "ivlp", "vpt", "deep_language", "maple", "promptsrc",
                 "restore", "dpl", "deep_prompt", "zeroshot"}  # fmt: skip
     assert set(available_methods()) == expected
+
+
+def test_config_file_sets_method_and_unset_training_arguments(tmp_path):
+    from peft_vlprompt.training.args import parse_args
+    from peft_vlprompt.training.loop import _resolve_method
+    from peft_vlprompt.tuners.deep_prompt import DeepPromptConfig
+
+    adapter = DeepPromptConfig(mode="prefix", text_lengths=[1, 0], vision_lengths=[0, 1]).to_dict()
+    file = tmp_path / "run.json"
+    file.write_text(json.dumps({"adapter_config": adapter, "num_epochs": 3, "lr": 0.01}, default=str))
+    args = parse_args(["--config", str(file), "--lr", "0.5"])
+    spec, adapter_dict = _resolve_method(args)
+    # no --method: the adapter type picks the method of the same name; the file fills num_epochs, the CLI's lr wins
+    assert (spec.name, args.num_epochs, args.lr) == ("deep_prompt", 3, 0.5)
+    assert adapter_dict["mode"] == "prefix"
+    with pytest.raises(ValueError, match=r"method 'coop' cannot train a 'deep_prompt' adapter"):
+        _resolve_method(parse_args(["--config", str(file), "--method", "coop"]))

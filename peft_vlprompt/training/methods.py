@@ -263,7 +263,11 @@ def get_method(name: str) -> MethodSpec:
 
 
 def method_for_peft_type(peft_type: str) -> str | None:
-    """The first available method accepting a `--config` file of `peft_type` (for `--config` without `--method`)."""
+    """The method for a `--config` file of `peft_type` without `--method`: the one named like the type, else the
+    first available method accepting it."""
+    exact = METHODS.get(peft_type)
+    if exact is not None and exact.available and peft_type in exact.accepts_peft_types:
+        return peft_type
     for name, spec in METHODS.items():
         if spec.available and peft_type in spec.accepts_peft_types:
             return name
