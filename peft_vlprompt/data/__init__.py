@@ -55,3 +55,8 @@ __all__ = [
     "seed_everything",
     "unregister_dataset",
 ]
+
+# The embedded toy world registers its datasets (toy_objects, toy_shapes_sketch, ...) so they are always available.
+from ..toy.registry import register_toy_datasets as _register_toy_datasets  # noqa: E402
+
+_register_toy_datasets()

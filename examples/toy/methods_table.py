@@ -1,0 +1,180 @@
+"""Run every method on the embedded toy world and write the methods table (markdown) and a base-vs-new plot.
+
+    python examples/toy/methods_table.py                          # all methods, seeds 1 2 3 (long: see README)
+    python examples/toy/methods_table.py --methods coop prograd --seeds 1
+
+Protocols, all on the shipped toy CLIP:
+- base-to-new: train on the base half of `toy_objects` (16 shots), test base and new classes;
+- transfer: train on all `toy_objects` classes, test the other domains (domain generalisation) and the
+  `toy_shapes` / `toy_colors` tasks (cross-task transfer) with the same prompts.
+Every method uses one toy schedule (`--num_epochs`, `--batch_size`) and its own preset learning rate, so the table
+compares methods under equal budgets; it does not reproduce the papers' schedules. Finished runs are reused
+(`<output_dir>/<protocol>/<method>/seed<k>/all_results.json`), so an interrupted table resumes.
+"""
+
+import argparse
+import json
+import logging
+import statistics
+from pathlib import Path
+
+from peft_vlprompt.toy import list_domains
+from peft_vlprompt.toy.registry import DEFAULT_DOMAIN, toy_dataset_name
+from peft_vlprompt.training import main as train_main
+
+logger = logging.getLogger("methods_table")
+
+METHODS = ["zeroshot", "coop", "cocoop", "prograd", "kgcoop", "ivlp", "maple", "promptsrc", "restore", "dpl"]
+DG_TARGETS = [toy_dataset_name("objects", d) for d in list_domains() if d != DEFAULT_DOMAIN]
+CROSS_TARGETS = ["toy_shapes", "toy_colors"]
+
+
+def run(method: str, protocol: str, seed: int, args, extra: list[str]) -> dict:
+    out = Path(args.output_dir) / protocol / method / f"seed{seed}"
+    result_file = out / "all_results.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    argv = ["--method", method, "--dataset", "toy_objects", "--seed", str(seed), "--shots", str(args.shots)]
+    argv += ["--output_dir", str(out), "--num_epochs", str(args.num_epochs), "--batch_size", str(args.batch_size)]
+    if protocol == "base2new":
+        argv += ["--protocol", "base2new"]
+    else:
+        argv += ["--protocol", "cross_dataset", "--eval_datasets", *DG_TARGETS, *CROSS_TARGETS]
+    if args.model:
+        argv += ["--model", args.model]
+    if method != "zeroshot":  # the zeroshot rows report zero-shot CLIP; don't re-evaluate it in every run
+        argv += ["--no_eval_zero_shot"]
+    if method == "dpl":
+        argv += ["--config", str(args.dpl_config)]
+    logger.info("running %s", " ".join(argv))
+    return train_main(argv + extra)
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {std:.1f}"
+
+
+def collect(results: dict[str, list[dict]], key, zero_shot: bool = False) -> dict[str, list[float]]:
+    out = {}
+    for method, runs in results.items():
+        values = []
+        for r in runs:
+            source = r.get("zero_shot", {}) if zero_shot else r
+            value = key(source)
+            if value is not None:
+                values.append(value)
+        out[method] = values
+    return out
+
+
+def write_table(b2n: dict, transfer: dict, args) -> str:
+    command = f"python examples/toy/methods_table.py --seeds {' '.join(map(str, args.seeds))}"
+    if args.transfer_seeds:
+        command += f" --transfer_seeds {' '.join(map(str, args.transfer_seeds))}"
+    command += f" --num_epochs {args.num_epochs} --batch_size {args.batch_size} --shots {args.shots}"
+    lines = [
+        "# Methods on the toy world",
+        "",
+        f"Produced by `{command}` (mean ± std over seeds; accuracy in %), with the toy CLIP shipped in "
+        "`peft_vlprompt/toy/toy_clip`. Every method: the same toy schedule, its own preset learning rate.",
+        "",
+        "## Base-to-new (`toy_objects`, base = first half of the sorted labels)",
+        "",
+        "| method | base | new | HM |",
+        "|---|---|---|---|",
+    ]
+    base = collect(b2n, lambda r: r.get("base_accuracy"))
+    new = collect(b2n, lambda r: r.get("new_accuracy"))
+    hm = collect(b2n, lambda r: r.get("hm"))
+    for method in b2n:
+        lines.append(f"| {method} | {mean_std(base[method])} | {mean_std(new[method])} | {mean_std(hm[method])} |")
+    targets = DG_TARGETS + CROSS_TARGETS
+    lines += [
+        "",
+        "## Transfer: train on all `toy_objects` classes (photo domain), test other domains and tasks",
+        "",
+        "| method | source | " + " | ".join(t.replace("toy_", "") for t in targets) + " | DG avg | cross avg |",
+        "|---|---|" + "---|" * (len(targets) + 2),
+    ]
+    for method, runs in transfer.items():
+        source = [r["accuracy"] for r in runs if "accuracy" in r]
+        cells = [
+            mean_std([r["target_accuracy"][t] for r in runs if t in r.get("target_accuracy", {})]) for t in targets
+        ]
+        dg = [statistics.mean(r["target_accuracy"][t] for t in DG_TARGETS) for r in runs if "target_accuracy" in r]
+        cross = [
+            statistics.mean(r["target_accuracy"][t] for t in CROSS_TARGETS) for r in runs if "target_accuracy" in r
+        ]
+        lines.append(
+            f"| {method} | {mean_std(source)} | " + " | ".join(cells) + f" | {mean_std(dg)} | {mean_std(cross)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(b2n: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for method, runs in b2n.items():
+        base = [r["base_accuracy"] for r in runs if "base_accuracy" in r]
+        new = [r["new_accuracy"] for r in runs if "new_accuracy" in r]
+        if not base:
+            continue
+        xerr = statistics.stdev(base) if len(base) > 1 else 0
+        yerr = statistics.stdev(new) if len(new) > 1 else 0
+        ax.errorbar(statistics.mean(base), statistics.mean(new), xerr=xerr, yerr=yerr, fmt="o", capsize=3)
+        ax.annotate(method, (statistics.mean(base), statistics.mean(new)), textcoords="offset points", xytext=(5, 5))
+    ax.set_xlabel("base-class accuracy (%)")
+    ax.set_ylabel("new-class accuracy (%)")
+    ax.set_title("Toy world, base-to-new (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=METHODS, help="Methods to run (default: all).")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument(
+        "--transfer_seeds", nargs="+", type=int, default=None, help="Seeds of the transfer runs (default: --seeds)."
+    )
+    parser.add_argument("--num_epochs", type=int, default=10, help="The toy schedule, the same for every method.")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--shots", type=int, default=16)
+    parser.add_argument("--protocols", nargs="+", default=["base2new", "transfer"], choices=["base2new", "transfer"])
+    parser.add_argument("--dpl_config", type=Path, default=Path("examples/toy/results/dpl_found.json"),
+                        help="DeepPromptConfig found by examples/dpl_search.py on toy_objects (for --methods dpl).")  # fmt: skip
+    parser.add_argument("--model", default=None, help="CLIP folder (default: the shipped toy CLIP).")
+    parser.add_argument("--output_dir", default="runs/methods_table")
+    parser.add_argument("--results_dir", type=Path, default=Path("examples/toy/results"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    b2n, transfer = {}, {}
+    plan = [("base2new", seed) for seed in args.seeds] if "base2new" in args.protocols else []
+    plan += [("transfer", seed) for seed in args.transfer_seeds or args.seeds] if "transfer" in args.protocols else []
+    for protocol, seed in sorted(plan, key=lambda p: (p[0] != "base2new", p[1])):
+        for method in args.methods:
+            if method == "dpl" and not args.dpl_config.exists():
+                logger.warning("skipping dpl: %s not found (run examples/dpl_search.py first)", args.dpl_config)
+                continue
+            target = b2n if protocol == "base2new" else transfer
+            target.setdefault(method, []).append(run(method, protocol, seed, args, []))
+            # rewrite after every run, so an interrupted table still shows exactly what finished
+            (args.results_dir / "methods_table.md").write_text(write_table(b2n, transfer, args))
+    table = write_table(b2n, transfer, args)
+    (args.results_dir / "methods_table.md").write_text(table)
+    if b2n:
+        plot(b2n, args.results_dir / "base_vs_new.png")
+    logger.info("wrote %s\n%s", args.results_dir / "methods_table.md", table)
+
+
+if __name__ == "__main__":
+    main()

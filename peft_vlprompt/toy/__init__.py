@@ -1,0 +1,72 @@
+"""The offline toy world (procedural coloured shapes in several domains) and a toy CLIP pretrained on it.
+
+>>> from peft_vlprompt.toy import load_toy_clip, toy_splits
+>>> model, processor = load_toy_clip()
+>>> splits = toy_splits("objects", "photo", n_train_per_class=16, n_val_per_class=4, n_test_per_class=20, seed=0)
+>>> splits["test"].features["label"].names[:2]
+['red circle', 'blue circle']
+"""
+
+from pathlib import Path
+
+from .captions import HELD_OUT_TEMPLATES
+from .splits import image_seed, toy_example, toy_splits
+from .world import (
+    COLORS,
+    DOMAINS,
+    IMAGE_SIZE,
+    OBJECT_CLASSES,
+    OBJECT_NAMES,
+    SHAPES,
+    TASKS,
+    ToyTask,
+    classnames,
+    get_task,
+    list_domains,
+    list_tasks,
+    render,
+    render_array,
+)
+
+TOY_CLIP_DIR = Path(__file__).parent / "toy_clip"
+# the downstream default: the domain the pretraining saw least of (20% of images, and cleaner ones)
+DEFAULT_DOMAIN = "photo"
+
+
+def toy_clip_path() -> str:
+    """Directory of the shipped toy CLIP (loads with `CLIPModel/CLIPProcessor.from_pretrained` and `pipeline`)."""
+    return str(TOY_CLIP_DIR)
+
+
+def load_toy_clip():
+    """Load the shipped toy CLIP. Returns `(CLIPModel, CLIPProcessor)`, the model in eval mode."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    model = CLIPModel.from_pretrained(toy_clip_path())
+    return model.eval(), CLIPProcessor.from_pretrained(toy_clip_path())
+
+
+__all__ = [
+    "COLORS",
+    "DEFAULT_DOMAIN",
+    "DOMAINS",
+    "HELD_OUT_TEMPLATES",
+    "IMAGE_SIZE",
+    "OBJECT_CLASSES",
+    "OBJECT_NAMES",
+    "SHAPES",
+    "TASKS",
+    "TOY_CLIP_DIR",
+    "ToyTask",
+    "classnames",
+    "get_task",
+    "image_seed",
+    "list_domains",
+    "list_tasks",
+    "load_toy_clip",
+    "render",
+    "render_array",
+    "toy_clip_path",
+    "toy_example",
+    "toy_splits",
+]

@@ -1,0 +1,365 @@
+"""Contrastive pretraining of the toy CLIP on the toy world (deterministic, CPU, minutes).
+
+A small `transformers.CLIPModel` (real CLIP vocabulary, so the shipped BPE tokenizer and every method work
+unchanged) learns from images of the toy world paired with noisy captions:
+
+* images: object classes uniform, domains drawn with `domain_weights` (by default `night` is never seen and
+  `photo` only sometimes), rendered at `difficulty` (by default cleaner than the downstream default of 1.0);
+* captions: a template (generic or naming the domain, see `captions.py`) filled with the class name, or with
+  only the shape or only the colour (`partial_caption_prob`), or with a wrong shape/colour
+  (`wrong_caption_prob`), like alt-text;
+* loss: symmetric InfoNCE with a learnable logit scale, where all pairs whose captions name the same thing
+  ("red circle", "circle", colour "red") are positives (soft targets), so repeated classes in a batch are not
+  pushed apart.
+
+Everything is seeded (`torch.manual_seed`, one `numpy` generator per step) and runs with
+`torch.use_deterministic_algorithms(True)` and a fixed thread count, so the same config gives bit-identical
+weights on the same torch version and CPU.
+"""
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .captions import COLOR_TEMPLATES, DOMAIN_TEMPLATES, GENERIC_TEMPLATES
+from .world import COLORS, DOMAINS, IMAGE_SIZE, OBJECT_CLASSES, SHAPES, render_array
+
+logger = logging.getLogger(__name__)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+BOS, EOS = 49406, 49407
+
+
+@dataclass
+class ToyPretrainConfig:
+    """Settings of the toy CLIP and of its contrastive pretraining.
+
+    Args:
+        steps (`int`): optimisation steps.
+        batch_size (`int`): image-caption pairs per step.
+        learning_rate (`float`): peak AdamW learning rate (linear warm-up, cosine decay to 0).
+        warmup_steps (`int`): linear warm-up steps.
+        weight_decay (`float`): AdamW decay of matrices (not of embeddings, biases, norms, logit scale).
+        seed (`int`): seeds the initialisation, the images and the captions.
+        num_threads (`int`): `torch.set_num_threads` during training (part of bit-for-bit reproducibility).
+        domains (`list[str]`): pretraining domains; `domain_weights` gives their sampling weights.
+        domain_weights (`list[float]`): one weight per entry of `domains`.
+        difficulty (`list[float]`): `[min, max]`; each pretraining image's difficulty (clutter, noise, jitter,
+            see `world.render`) is uniform in this range. Easy images let the small ViT discover shape at all.
+        partial_caption_prob (`float`): probability that a caption names only the shape or only the colour.
+        wrong_caption_prob (`float`): probability that a caption names a wrong shape or colour.
+        domain_caption_prob (`float`): probability of a template naming the domain (else a generic one).
+        image_pool_size (`int`): render this many images once and re-caption them every step (faster: rendering
+            costs ~3 ms an image); 0 renders fresh images every step.
+        text_width, text_layers, vision_width, vision_layers, patch_size, projection_dim (`int`): model size.
+        log_every (`int`): steps between loss logs.
+    """
+
+    steps: int = field(default=1000, metadata={"help": "Optimisation steps."})
+    batch_size: int = field(default=128, metadata={"help": "Image-caption pairs per step."})
+    learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate."})
+    warmup_steps: int = field(default=50, metadata={"help": "Linear warm-up steps."})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay of weight matrices."})
+    seed: int = field(default=0, metadata={"help": "Seed of initialisation, images and captions."})
+    num_threads: int = field(default=2, metadata={"help": "torch.set_num_threads during training."})
+    domains: list[str] = field(
+        default_factory=lambda: ["photo", "sketch", "cartoon", "painting"], metadata={"help": "Pretraining domains."}
+    )
+    domain_weights: list[float] = field(
+        default_factory=lambda: [0.2, 0.3, 0.35, 0.15], metadata={"help": "Sampling weight of each domain."}
+    )
+    difficulty: list[float] = field(
+        default_factory=lambda: [0.2, 0.8], metadata={"help": "Per-image difficulty is uniform in [min, max]."}
+    )
+    partial_caption_prob: float = field(default=0.3, metadata={"help": "P(caption names only shape or colour)."})
+    wrong_caption_prob: float = field(default=0.1, metadata={"help": "P(caption names a wrong shape or colour)."})
+    domain_caption_prob: float = field(default=0.5, metadata={"help": "P(template names the domain)."})
+    image_pool_size: int = field(default=0, metadata={"help": "Images rendered once and reused; 0 = fresh."})
+    text_width: int = field(default=48, metadata={"help": "Text transformer width (token table: 49408 x width)."})
+    text_layers: int = field(default=3, metadata={"help": "Text transformer layers."})
+    vision_width: int = field(default=64, metadata={"help": "Vision transformer width."})
+    vision_layers: int = field(default=4, metadata={"help": "Vision transformer layers."})
+    patch_size: int = field(default=4, metadata={"help": "ViT patch size (the image is 32 px)."})
+    projection_dim: int = field(default=64, metadata={"help": "Joint embedding size."})
+    log_every: int = field(default=50, metadata={"help": "Steps between loss logs."})
+
+    def __post_init__(self):
+        for name in (
+            "steps",
+            "batch_size",
+            "num_threads",
+            "text_width",
+            "text_layers",
+            "vision_width",
+            "vision_layers",
+            "patch_size",
+            "projection_dim",
+            "log_every",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.image_pool_size < 0:
+            raise ValueError(
+                f"`warmup_steps` and `image_pool_size` must be >= 0, got {self.warmup_steps}, {self.image_pool_size}"
+            )
+        if self.learning_rate <= 0:
+            raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate}")
+        for name in ("partial_caption_prob", "wrong_caption_prob", "domain_caption_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)}")
+        if self.partial_caption_prob + self.wrong_caption_prob > 1:
+            raise ValueError(
+                "`partial_caption_prob` + `wrong_caption_prob` must be <= 1, got "
+                f"{self.partial_caption_prob + self.wrong_caption_prob}"
+            )
+        bad = [d for d in self.domains if d not in DOMAINS]
+        if bad or not self.domains:
+            raise ValueError(f"`domains` must be a non-empty subset of {list(DOMAINS)}, got {self.domains}")
+        if (
+            len(self.domain_weights) != len(self.domains)
+            or min(self.domain_weights) < 0
+            or sum(self.domain_weights) <= 0
+        ):
+            raise ValueError(
+                f"`domain_weights` must be one weight >= 0 per domain with a positive sum, got {self.domain_weights}"
+            )
+        if IMAGE_SIZE % self.patch_size:
+            raise ValueError(f"`patch_size` must divide {IMAGE_SIZE}, got {self.patch_size}")
+        if self.text_width % 4 or self.vision_width % 4:
+            raise ValueError(
+                f"`text_width` and `vision_width` must be multiples of 4 (heads), got "
+                f"{self.text_width}, {self.vision_width}"
+            )
+        if len(self.difficulty) != 2 or not 0 <= self.difficulty[0] <= self.difficulty[1] <= 3:
+            raise ValueError(f"`difficulty` must be [min, max] with 0 <= min <= max <= 3, got {self.difficulty}")
+
+
+def toy_clip_config(cfg: ToyPretrainConfig):
+    """The `CLIPConfig` of the toy CLIP: real CLIP vocabulary and special tokens, small widths."""
+    from transformers import CLIPConfig
+
+    return CLIPConfig(
+        text_config=dict(
+            vocab_size=49408,
+            hidden_size=cfg.text_width,
+            intermediate_size=4 * cfg.text_width,
+            num_hidden_layers=cfg.text_layers,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            eos_token_id=EOS,
+            bos_token_id=BOS,
+            pad_token_id=EOS,
+        ),
+        vision_config=dict(
+            image_size=IMAGE_SIZE,
+            patch_size=cfg.patch_size,
+            hidden_size=cfg.vision_width,
+            intermediate_size=4 * cfg.vision_width,
+            num_hidden_layers=cfg.vision_layers,
+            num_attention_heads=4,
+        ),
+        projection_dim=cfg.projection_dim,
+    )
+
+
+def normalize_images(images: np.ndarray) -> torch.Tensor:
+    """uint8 `(B, H, W, 3)` -> CLIP-normalised float `(B, 3, H, W)`; equals `CLIPImageProcessor` at 32 px."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def sample_caption(rng: np.random.Generator, class_id: int, domain: str, cfg: ToyPretrainConfig) -> tuple[str, str]:
+    """One noisy caption of an image of `class_id`, and its key (what it names, for the positives)."""
+    s, c = OBJECT_CLASSES[class_id]
+    u = rng.random()
+    kind = "full"
+    if u < cfg.wrong_caption_prob:
+        if rng.random() < 0.5:
+            s = (s + 1 + int(rng.integers(len(SHAPES) - 1))) % len(SHAPES)
+        else:
+            c = (c + 1 + int(rng.integers(len(COLORS) - 1))) % len(COLORS)
+    elif u < cfg.wrong_caption_prob + cfg.partial_caption_prob:
+        kind = "shape" if rng.random() < 0.5 else "color"
+    if kind == "color":
+        phrase, templates = COLORS[c], COLOR_TEMPLATES
+    else:
+        phrase = SHAPES[s] if kind == "shape" else f"{COLORS[c]} {SHAPES[s]}"
+        templates = DOMAIN_TEMPLATES[domain] if rng.random() < cfg.domain_caption_prob else GENERIC_TEMPLATES
+    return templates[int(rng.integers(len(templates)))].format(phrase), f"{kind}:{phrase}"
+
+
+class _Tokens:
+    """Caches token ids of the (few hundred distinct) captions; pads a batch to its longest caption."""
+
+    def __init__(self):
+        from transformers import CLIPTokenizer
+
+        from ..assets import clip_tokenizer_path
+
+        self.tokenizer = CLIPTokenizer.from_pretrained(clip_tokenizer_path())
+        self.cache: dict[str, list[int]] = {}
+
+    def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = [self.cache.setdefault(t, self.tokenizer(t)["input_ids"]) for t in captions]
+        n = max(len(i) for i in ids)
+        input_ids = torch.full((len(ids), n), EOS, dtype=torch.long)
+        mask = torch.zeros((len(ids), n), dtype=torch.long)
+        for row, i in enumerate(ids):
+            input_ids[row, : len(i)] = torch.tensor(i)
+            mask[row, : len(i)] = 1
+        return input_ids, mask
+
+
+def contrastive_loss(logits_per_image: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE with soft targets: pair (i, j) is positive iff `keys[i] == keys[j]`."""
+    pos = (keys[:, None] == keys[None, :]).float()
+    target = pos / pos.sum(1, keepdim=True)  # symmetric, so the same targets serve both directions
+    i2t = -(target * F.log_softmax(logits_per_image, dim=1)).sum(1).mean()
+    t2i = -(target * F.log_softmax(logits_per_image.t(), dim=1)).sum(1).mean()
+    return 0.5 * (i2t + t2i)
+
+
+def _optimizer(model, cfg: ToyPretrainConfig):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        # embeddings keep their init where never trained (unused vocabulary rows must not decay to 0)
+        (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.98), eps=1e-6)
+
+    def schedule(step):
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+
+def _batch_images(cfg: ToyPretrainConfig, rng: np.random.Generator, pool) -> tuple[np.ndarray, list[int], list[str]]:
+    weights = np.asarray(cfg.domain_weights, dtype=np.float64) / sum(cfg.domain_weights)
+    if pool is not None:
+        idx = rng.integers(len(pool[0]), size=cfg.batch_size)
+        return pool[0][idx], [pool[1][i] for i in idx], [pool[2][i] for i in idx]
+    classes = rng.integers(len(OBJECT_CLASSES), size=cfg.batch_size).tolist()
+    domains = [cfg.domains[i] for i in rng.choice(len(cfg.domains), size=cfg.batch_size, p=weights)]
+    seeds = rng.integers(2**63, size=cfg.batch_size)
+    levels = rng.uniform(*cfg.difficulty, size=cfg.batch_size)
+    images = np.stack(
+        [
+            render_array(k, d, np.random.default_rng(int(s)), float(lv))
+            for k, d, s, lv in zip(classes, domains, seeds, levels)
+        ]
+    )
+    return images, classes, domains
+
+
+def pretrain_toy_clip(cfg: ToyPretrainConfig | None = None, callback: Callable | None = None):
+    """Train a toy CLIP from scratch with `cfg`; returns the `CLIPModel` (eval mode, fp32).
+
+    `callback(step, model)`, if given, runs every `cfg.log_every` steps (e.g. a zero-shot probe); it must leave
+    the model's weights and the global RNGs alone, or the run is no longer reproducible.
+    """
+    from transformers import CLIPModel
+
+    cfg = cfg or ToyPretrainConfig()
+    prev_threads, prev_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    prev_fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.set_num_threads(cfg.num_threads)
+    torch.use_deterministic_algorithms(True)
+    # NaN-filling every torch.empty costs ~1/3 of a step here and only matters for code that reads
+    # uninitialised memory, which would show up as non-reproducible weights in the determinism test
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        torch.manual_seed(cfg.seed)
+        model = CLIPModel(toy_clip_config(cfg))
+        model.train()
+        opt, sched = _optimizer(model, cfg)
+        tokens = _Tokens()
+        key_ids: dict[str, int] = {}
+        pool = None
+        if cfg.image_pool_size:
+            t0 = time.perf_counter()
+            pool_cfg = ToyPretrainConfig(**{**asdict(cfg), "batch_size": cfg.image_pool_size, "image_pool_size": 0})
+            pool = _batch_images(pool_cfg, np.random.default_rng([cfg.seed, 1]), None)
+            logger.info("rendered an image pool of %d in %.1fs", cfg.image_pool_size, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for step in range(cfg.steps):
+            rng = np.random.default_rng([cfg.seed, 2, step])
+            images, classes, domains = _batch_images(cfg, rng, pool)
+            captions, keys = zip(*(sample_caption(rng, k, d, cfg) for k, d in zip(classes, domains)))
+            input_ids, attention_mask = tokens(list(captions))
+            keys = torch.tensor([key_ids.setdefault(k, len(key_ids)) for k in keys])
+            out = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=normalize_images(images))
+            loss = contrastive_loss(out.logits_per_image, keys)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            with torch.no_grad():  # as CLIP: the temperature may not go below 1/100
+                model.logit_scale.clamp_(0, math.log(100))
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                logger.info(
+                    "step %d/%d loss %.4f logit_scale %.2f (%.1fs)",
+                    step + 1,
+                    cfg.steps,
+                    loss.item(),
+                    model.logit_scale.exp().item(),
+                    time.perf_counter() - t0,
+                )
+                if callback is not None:
+                    callback(step + 1, model.eval())
+                    model.train()
+    finally:
+        torch.set_num_threads(prev_threads)
+        torch.use_deterministic_algorithms(prev_det)
+        torch.utils.deterministic.fill_uninitialized_memory = prev_fill
+    return model.eval()
+
+
+def save_toy_clip(model, output_dir: str, cfg: ToyPretrainConfig | None = None) -> None:
+    """Write the model directory (config, fp32 safetensors, tokenizer, image processor), each file atomically."""
+    from transformers import CLIPImageProcessor, CLIPTokenizer
+
+    from ..assets import clip_tokenizer_path
+
+    os.makedirs(output_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=output_dir, prefix=".tmp-")
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        size = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+        CLIPImageProcessor(
+            size={"shortest_edge": IMAGE_SIZE}, crop_size=size, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)
+        ).save_pretrained(tmp)
+        CLIPTokenizer.from_pretrained(clip_tokenizer_path(), model_max_length=77).save_pretrained(tmp)
+        # ship the BPE files (1.5 MB), not the 3.6 MB tokenizer.json built from them
+        os.remove(os.path.join(tmp, "tokenizer.json"))
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copyfile(os.path.join(clip_tokenizer_path(), name), os.path.join(tmp, name))
+        tok_cfg_path = os.path.join(tmp, "tokenizer_config.json")
+        with open(tok_cfg_path) as f:
+            tok_cfg = {k: v for k, v in json.load(f).items() if k not in ("is_local", "local_files_only")}
+        with open(tok_cfg_path, "w") as f:
+            json.dump(tok_cfg, f, indent=2, sort_keys=True)
+        if cfg is not None:
+            with open(os.path.join(tmp, "toy_pretrain_config.json"), "w") as f:
+                json.dump(asdict(cfg), f, indent=2)
+        for name in sorted(os.listdir(tmp)):
+            os.chmod(os.path.join(tmp, name), 0o644)  # some writers create 0600 files
+            os.replace(os.path.join(tmp, name), os.path.join(output_dir, name))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,39 @@
+"""Zero-shot evaluation of a CLIP on toy splits (self-contained: used to measure and pin the toy CLIP)."""
+
+import torch
+
+
+@torch.no_grad()
+def zero_shot_accuracy(
+    model,
+    processor,
+    dataset,
+    classnames: list[str] | None = None,
+    template: str = "a photo of a {}.",
+    batch_size: int = 256,
+) -> float:
+    """Top-1 accuracy (in %) of `argmax_c cos(image, text(template.format(c)))` on `dataset`.
+
+    Args:
+        model: a `CLIPModel`.
+        processor: its `CLIPProcessor` (tokenizer + image processor), as a user would call it.
+        dataset: a `datasets.Dataset` with `image` and `label` columns (e.g. a split of `toy_splits`).
+        classnames (`list[str]`, *optional*): defaults to the `label` feature's names.
+        template (`str`): prompt with `{}` for the class name.
+        batch_size (`int`): images per forward pass.
+    """
+    classnames = classnames or dataset.features["label"].names
+    model.eval()
+    text = processor.tokenizer([template.format(c) for c in classnames], padding=True, return_tensors="pt")
+    text_features = model.get_text_features(**text)
+    text_features = getattr(text_features, "pooler_output", text_features)
+    text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+    correct = 0
+    for start in range(0, len(dataset), batch_size):
+        batch = dataset[start : start + batch_size]
+        pixels = processor.image_processor(images=batch["image"], return_tensors="pt")["pixel_values"]
+        image_features = model.get_image_features(pixel_values=pixels)
+        image_features = getattr(image_features, "pooler_output", image_features)
+        pred = (image_features @ text_features.t()).argmax(-1)
+        correct += (pred == torch.tensor(batch["label"])).sum().item()
+    return 100.0 * correct / len(dataset)
