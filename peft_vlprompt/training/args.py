@@ -26,6 +26,7 @@ DEFAULT_RUN: dict[str, str | int | float] = {
     "num_epochs": 10,
     "batch_size": 32,
     "output_dir": "runs/toy_prograd_base2new",
+    "torch_threads": 1,  # the toy CLIP's matrices are tiny: more threads only add synchronisation
 }
 
 
@@ -83,6 +84,10 @@ class TrainArguments:
             "other datasets / the four ImageNet variants)."
         },
     )
+    train_crop_scale: list[float] = field(
+        default_factory=lambda: [0.08, 1.0],
+        metadata={"help": "Area range of the training random resized crop (CoOp and successors: 0.08 1.0)."},
+    )
     # -- model -----------------------------------------------------------------------------------------------------
     model: str | None = field(
         default=None,
@@ -125,6 +130,13 @@ class TrainArguments:
         metadata={
             "help": "no / bf16 / fp16 (fp16 needs a GPU); default: the `accelerate launch` configuration.",
             "choices": MIXED_PRECISION,
+        },
+    )
+    torch_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "torch intra-op CPU threads (default: torch's choice). Tiny models such as the toy CLIP run "
+            "fastest with 1, and a busy machine can make more threads much slower."
         },
     )
     cpu: bool = field(
@@ -200,8 +212,13 @@ class TrainArguments:
         for name in ("eval_batch_size", "gradient_accumulation_steps", "num_views", "class_chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        scale = self.train_crop_scale
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"`train_crop_scale` must be two numbers 0 < min <= max <= 1, got {scale}")
         if self.logging_steps < 1:
             raise ValueError(f"`logging_steps` must be >= 1, got {self.logging_steps}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"`torch_threads` must be >= 1, got {self.torch_threads}")
         if self.dataloader_num_workers < 0:
             raise ValueError(f"`dataloader_num_workers` must be >= 0, got {self.dataloader_num_workers}")
         if self.lr is not None and not self.lr > 0:

@@ -121,7 +121,8 @@ def _optimizer_and_prograd(spec, config, preset, args, params):
 
 def _train_loader(args, task, image_processor, classifier, accelerator, cache: bool):
     """The training DataLoader: rendered views, or cached frozen features of `num_views` views per image."""
-    views = AugmentedViews(task.train, make_transform(image_processor, train=True), args.seed)
+    transform = make_transform(image_processor, train=True, scale=tuple(args.train_crop_scale))
+    views = AugmentedViews(task.train, transform, args.seed)
     dataset, num_views = views, None
     if cache:
         num_views = args.num_views
@@ -169,6 +170,8 @@ def _multi_process_without_gpu() -> bool:
 def train(args: TrainArguments) -> dict:
     """Run one experiment; returns the results also written to `<output_dir>/all_results.json`."""
     spec, adapter_dict = _resolve_method(args)
+    if args.torch_threads is not None:
+        torch.set_num_threads(args.torch_threads)
     if args.output_dir is None:
         args.output_dir = args.default_output_dir()
     check_dataset_names(args)
