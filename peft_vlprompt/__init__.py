@@ -4,9 +4,11 @@ Importing the package registers every method with peft, so `get_peft_model`, `Pe
 `PeftConfig.from_pretrained` and `AutoPeftModel.from_pretrained` work with our configs.
 """
 
+from . import losses
 from .backbones import ClipBackbone
 from .classifier import PromptClassifier
 from .diagnostics import feature_shift
+from .optim import GaussianPromptAggregator, ProGrad
 from .tuners import CoOpConfig, CoOpModel, VLPromptConfig
 from .tuners.cocoop import CoCoOpConfig, CoCoOpModel
 from .tuners.deep_prompt import (
@@ -37,8 +39,10 @@ __all__ = [
     "DPLSearchModel",
     "DeepPromptConfig",
     "DeepPromptModel",
+    "GaussianPromptAggregator",
     "KgCoOpConfig",
     "KgCoOpModel",
+    "ProGrad",
     "PromptClassifier",
     "ProGradCoOpConfig",
     "ProGradCoOpModel",
@@ -49,6 +53,7 @@ __all__ = [
     "VLPromptConfig",
     "deep_language_preset",
     "feature_shift",
+    "losses",
     "ivlp_preset",
     "make_prograd_optimizer",
     "maple_preset",

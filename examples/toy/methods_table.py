@@ -83,21 +83,22 @@ def write_table(b2n: dict, transfer: dict, args) -> str:
         "",
         "## Base-to-new (`toy_objects`, base = first half of the sorted labels)",
         "",
-        "| method | base | new | HM |",
-        "|---|---|---|---|",
+        "| method | seeds | base | new | HM |",
+        "|---|---|---|---|---|",
     ]
     base = collect(b2n, lambda r: r.get("base_accuracy"))
     new = collect(b2n, lambda r: r.get("new_accuracy"))
     hm = collect(b2n, lambda r: r.get("hm"))
     for method in b2n:
-        lines.append(f"| {method} | {mean_std(base[method])} | {mean_std(new[method])} | {mean_std(hm[method])} |")
+        cells = f"{mean_std(base[method])} | {mean_std(new[method])} | {mean_std(hm[method])}"
+        lines.append(f"| {method} | {len(base[method])} | {cells} |")
     targets = DG_TARGETS + CROSS_TARGETS
     lines += [
         "",
         "## Transfer: train on all `toy_objects` classes (photo domain), test other domains and tasks",
         "",
-        "| method | source | " + " | ".join(t.replace("toy_", "") for t in targets) + " | DG avg | cross avg |",
-        "|---|---|" + "---|" * (len(targets) + 2),
+        "| method | seeds | source | " + " | ".join(t.replace("toy_", "") for t in targets) + " | DG avg | cross avg |",
+        "|---|---|---|" + "---|" * (len(targets) + 2),
     ]
     for method, runs in transfer.items():
         source = [r["accuracy"] for r in runs if "accuracy" in r]
@@ -109,7 +110,7 @@ def write_table(b2n: dict, transfer: dict, args) -> str:
             statistics.mean(r["target_accuracy"][t] for t in CROSS_TARGETS) for r in runs if "target_accuracy" in r
         ]
         lines.append(
-            f"| {method} | {mean_std(source)} | " + " | ".join(cells) + f" | {mean_std(dg)} | {mean_std(cross)} |"
+            f"| {method} | {len(source)} | {mean_std(source)} | " + " | ".join(cells) + f" | {mean_std(dg)} | {mean_std(cross)} |"
         )
     return "\n".join(lines) + "\n"
 
