@@ -34,6 +34,8 @@ def run(method: str, protocol: str, seed: int, args, extra: list[str]) -> dict:
     result_file = out / "all_results.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
+    if args.only_existing:
+        return None
     argv = ["--method", method, "--dataset", "toy_objects", "--seed", str(seed), "--shots", str(args.shots)]
     argv += ["--output_dir", str(out), "--num_epochs", str(args.num_epochs), "--batch_size", str(args.batch_size)]
     if protocol == "base2new":
@@ -79,8 +81,10 @@ def write_table(b2n: dict, transfer: dict, args) -> str:
         "# Methods on the toy world",
         "",
         f"Produced by `{command}` (mean ± std over seeds; accuracy in %), with the toy CLIP shipped in "
-        "`peft_vlprompt/toy/toy_clip`. Every method: the same toy schedule, its own preset learning rate.",
+        "`peft_vlprompt/toy/toy_clip`. Every method: the same toy schedule, its own preset learning rate. "
+        "The `seeds` column counts the runs that finished.",
         "",
+        *([args.note, ""] if args.note else []),
         "## Base-to-new (`toy_objects`, base = first half of the sorted labels)",
         "",
         "| method | seeds | base | new | HM |",
@@ -97,7 +101,9 @@ def write_table(b2n: dict, transfer: dict, args) -> str:
         "",
         "## Transfer: train on all `toy_objects` classes (photo domain), test other domains and tasks",
         "",
-        "| method | seeds | source | " + " | ".join(t.replace("toy_", "") for t in targets) + " | DG avg | cross avg |",
+        "| method | seeds | source | "
+        + " | ".join(t.replace("toy_", "") for t in targets)
+        + " | DG avg | cross avg |",
         "|---|---|---|" + "---|" * (len(targets) + 2),
     ]
     for method, runs in transfer.items():
@@ -110,7 +116,9 @@ def write_table(b2n: dict, transfer: dict, args) -> str:
             statistics.mean(r["target_accuracy"][t] for t in CROSS_TARGETS) for r in runs if "target_accuracy" in r
         ]
         lines.append(
-            f"| {method} | {len(source)} | {mean_std(source)} | " + " | ".join(cells) + f" | {mean_std(dg)} | {mean_std(cross)} |"
+            f"| {method} | {len(source)} | {mean_std(source)} | "
+            + " | ".join(cells)
+            + f" | {mean_std(dg)} | {mean_std(cross)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -152,6 +160,8 @@ def main() -> None:
     parser.add_argument("--protocols", nargs="+", default=["base2new", "transfer"], choices=["base2new", "transfer"])
     parser.add_argument("--dpl_config", type=Path, default=Path("examples/toy/results/dpl_found.json"),
                         help="DeepPromptConfig found by examples/dpl_search.py on toy_objects (for --methods dpl).")  # fmt: skip
+    parser.add_argument("--only_existing", action="store_true", help="Only tabulate finished runs; start none.")
+    parser.add_argument("--note", default="", help="A sentence added under the table's heading.")
     parser.add_argument("--model", default=None, help="CLIP folder (default: the shipped toy CLIP).")
     parser.add_argument("--output_dir", default="runs/methods_table")
     parser.add_argument("--results_dir", type=Path, default=Path("examples/toy/results"))
@@ -167,7 +177,9 @@ def main() -> None:
                 logger.warning("skipping dpl: %s not found (run examples/dpl_search.py first)", args.dpl_config)
                 continue
             target = b2n if protocol == "base2new" else transfer
-            target.setdefault(method, []).append(run(method, protocol, seed, args, []))
+            result = run(method, protocol, seed, args, [])
+            if result is not None:
+                target.setdefault(method, []).append(result)
             # rewrite after every run, so an interrupted table still shows exactly what finished
             (args.results_dir / "methods_table.md").write_text(write_table(b2n, transfer, args))
     table = write_table(b2n, transfer, args)
