@@ -296,7 +296,7 @@ def _fit(args, spec, preset, config, model, classifier, module, objective, task,
     last_saved = state.global_step if resume_dir is not None else -1
     progress = tqdm(total=stop_at, initial=min(state.global_step, stop_at),
                     disable=not accelerator.is_local_main_process, desc=f"{spec.name}")  # fmt: skip
-    logged: dict[str, list[float]] = {}
+    logged: dict[str, list[torch.Tensor]] = {}
 
     def save():
         nonlocal last_saved
@@ -331,8 +331,8 @@ def _fit(args, spec, preset, config, model, classifier, module, objective, task,
                     accelerator.clip_grad_norm_(params, args.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
-            for k, v in terms.items():
-                logged.setdefault(k, []).append(float(v.detach()))
+            for k, v in terms.items():  # kept on the device: reading them every step would sync a GPU
+                logged.setdefault(k, []).append(v.detach().float())
             if not accelerator.sync_gradients:
                 continue
             state.global_step += 1
@@ -362,7 +362,7 @@ def _fit(args, spec, preset, config, model, classifier, module, objective, task,
 
 
 def _log(accelerator, logged, step, epoch, optimizer, prograd, tracking):
-    values = {f"train/{k}": sum(v) / len(v) for k, v in logged.items()}
+    values = {f"train/{k}": torch.stack(v).mean().item() for k, v in logged.items()}
     values["train/lr"] = optimizer.param_groups[0]["lr"]
     values["train/epoch"] = epoch
     if prograd is not None:
