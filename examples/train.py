@@ -8,7 +8,7 @@
         --model openai/clip-vit-base-patch16 --shots 16 --seed 1 --protocol base2new
 
     # several processes (DDP) on CPU, e.g. to check a multi-GPU setup without GPUs
-    accelerate launch --num_processes 2 --cpu examples/train.py --method prograd ...
+    accelerate launch --config_file examples/accelerate_configs/cpu_ddp.yaml examples/train.py --method prograd ...
 
     # train the prompt lengths found by the DPL search
     accelerate launch examples/train.py --method dpl --config found.json --dataset dtd --data_dir /data

@@ -171,7 +171,7 @@ def main() -> None:
     b2n, transfer = {}, {}
     plan = [("base2new", seed) for seed in args.seeds] if "base2new" in args.protocols else []
     plan += [("transfer", seed) for seed in args.transfer_seeds or args.seeds] if "transfer" in args.protocols else []
-    for protocol, seed in sorted(plan, key=lambda p: (p[0] != "base2new", p[1])):
+    for protocol, seed in sorted(plan, key=lambda p: (p[1], p[0] != "base2new")):  # seed by seed
         for method in args.methods:
             if method == "dpl" and not args.dpl_config.exists():
                 logger.warning("skipping dpl: %s not found (run examples/dpl_search.py first)", args.dpl_config)
