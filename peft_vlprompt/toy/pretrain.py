@@ -66,7 +66,7 @@ class ToyPretrainConfig:
         log_every (`int`): steps between loss logs.
     """
 
-    steps: int = field(default=1000, metadata={"help": "Optimisation steps."})
+    steps: int = field(default=2000, metadata={"help": "Optimisation steps."})
     batch_size: int = field(default=128, metadata={"help": "Image-caption pairs per step."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate."})
     warmup_steps: int = field(default=50, metadata={"help": "Linear warm-up steps."})
@@ -85,14 +85,14 @@ class ToyPretrainConfig:
     partial_caption_prob: float = field(default=0.3, metadata={"help": "P(caption names only shape or colour)."})
     wrong_caption_prob: float = field(default=0.1, metadata={"help": "P(caption names a wrong shape or colour)."})
     domain_caption_prob: float = field(default=0.5, metadata={"help": "P(template names the domain)."})
-    image_pool_size: int = field(default=0, metadata={"help": "Images rendered once and reused; 0 = fresh."})
+    image_pool_size: int = field(default=16384, metadata={"help": "Images rendered once and reused; 0 = fresh."})
     text_width: int = field(default=48, metadata={"help": "Text transformer width (token table: 49408 x width)."})
     text_layers: int = field(default=3, metadata={"help": "Text transformer layers."})
     vision_width: int = field(default=64, metadata={"help": "Vision transformer width."})
     vision_layers: int = field(default=4, metadata={"help": "Vision transformer layers."})
-    patch_size: int = field(default=4, metadata={"help": "ViT patch size (the image is 32 px)."})
+    patch_size: int = field(default=8, metadata={"help": "ViT patch size (the image is 32 px)."})
     projection_dim: int = field(default=64, metadata={"help": "Joint embedding size."})
-    log_every: int = field(default=50, metadata={"help": "Steps between loss logs."})
+    log_every: int = field(default=100, metadata={"help": "Steps between loss logs."})
 
     def __post_init__(self):
         for name in (

@@ -7,6 +7,11 @@ domain shift: `photo` (shaded shapes on textured, noisy backgrounds with clutter
 on paper), `cartoon` (flat colours, thick black outlines), `painting` (brush strokes, warm palette, blur) and
 `night` (dark, low-contrast, noisy colours).
 
+Per-image variation (all scaled by `difficulty`, default 1.0): position, scale, rotation, colour jitter,
+background texture/noise and 0-2 smaller distractor shapes. Objects stay near the centre (+-2.6 px at
+difficulty 1), as in object-centric photo datasets: translation invariance is what a tiny ViT learns slowest
+(measured: with +-5.8 px the 4-layer ViT reached a third of the shape accuracy in the same steps).
+
 Every image is a pure function of a seed: `render(class_id, domain, np.random.default_rng(seed_tuple))` draws all
 randomness from the generator it is given, and `toy_splits` seeds one generator per
 `(seed, task, domain, split, label, index)`, so the same arguments give the same pixels on any machine.
@@ -214,9 +219,9 @@ def _jitter_color(rng: np.random.Generator, color: str, difficulty: float) -> np
 
 def _placement(rng: np.random.Generator, difficulty: float, scale: tuple[float, float]) -> tuple:
     r = _S * rng.uniform(*scale)
-    span = min(0.5 * _S - r, 0.18 * _S * difficulty)
+    span = min(0.5 * _S - r, 0.08 * _S * difficulty)
     cx, cy = 0.5 * _S + rng.uniform(-span, span, 2) if span > 0 else (0.5 * _S, 0.5 * _S)
-    angle = rng.uniform(-1, 1) * np.deg2rad(35) * min(difficulty, 2.0)
+    angle = rng.uniform(-1, 1) * np.deg2rad(25) * min(difficulty, 2.0)
     return float(cx), float(cy), float(r), float(angle)
 
 
