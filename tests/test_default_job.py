@@ -5,6 +5,8 @@ import runpy
 import sys
 from pathlib import Path
 
+from peft_vlprompt.training import DEFAULT_RUN, parse_args
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -17,7 +19,19 @@ def test_default_job_runs_prograd_on_the_toy_base_to_new_task(tmp_path, monkeypa
     results = json.loads((tmp_path / "run" / "all_results.json").read_text())
     assert results["method"] == "prograd" and results["dataset"] == "toy_objects"
     assert results["protocol"] == "base2new" and results["global_step"] == 2
+    assert results["num_epochs"] == DEFAULT_RUN["num_epochs"]  # --output_dir/--max_train_steps keep the default run
     for key in ("base_accuracy", "new_accuracy", "hm"):
         assert 0.0 <= results[key] <= 100.0 and 0.0 <= results["zero_shot"][key] <= 100.0
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").exists()
     assert "zero-shot" in caplog.text and "hm" in caplog.text  # the printed table: trained next to zero-shot
+
+
+def test_flags_override_the_default_run_until_an_experiment_is_chosen():
+    bare = parse_args([])
+    assert (bare.method, bare.dataset, bare.num_epochs) == ("prograd", "toy_objects", DEFAULT_RUN["num_epochs"])
+    tweaked = parse_args(["--seed", "3", "--train-crop-scale", "0.2", "1"])
+    assert (tweaked.method, tweaked.num_epochs, tweaked.seed) == ("prograd", DEFAULT_RUN["num_epochs"], 3)
+    assert tweaked.train_crop_scale == [0.2, 1.0] and tweaked.torch_threads == DEFAULT_RUN["torch_threads"]
+    for flag in (["--method", "coop"], ["--dataset=toy_shapes"], ["--config", "found.json"]):
+        own = parse_args(flag)
+        assert own.num_epochs is None and own.torch_threads is None, flag  # the method preset decides

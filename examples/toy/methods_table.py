@@ -5,9 +5,12 @@
 
 Protocols, all on the shipped toy CLIP:
 - base-to-new: train on the base half of `toy_objects` (16 shots), test base and new classes;
+- base-to-new, night: the same on `toy_objects_night`, the domain the toy CLIP never saw in pretraining (the toy
+  analogue of a specialised dataset such as EuroSAT: zero-shot is weak, the image features still separate the classes);
 - transfer: train on all `toy_objects` classes, test the other domains (domain generalisation) and the
   `toy_shapes` / `toy_colors` tasks (cross-task transfer) with the same prompts.
-Every method uses one toy schedule (`--num_epochs`, `--batch_size`) and its own preset learning rate, so the table
+Every method uses one toy schedule (`--num_epochs`, `--batch_size`, `--train_crop_scale`, as the default job) and its
+own preset learning rate, so the table
 compares methods under equal budgets; it does not reproduce the papers' schedules. Finished runs are reused
 (`<output_dir>/<protocol>/<method>/seed<k>/all_results.json`), so an interrupted table resumes.
 """
@@ -27,6 +30,13 @@ logger = logging.getLogger("methods_table")
 METHODS = ["zeroshot", "coop", "cocoop", "prograd", "kgcoop", "ivlp", "maple", "promptsrc", "restore", "dpl"]
 DG_TARGETS = [toy_dataset_name("objects", d) for d in list_domains() if d != DEFAULT_DOMAIN]
 CROSS_TARGETS = ["toy_shapes", "toy_colors"]
+DPL_SEARCH_COMMAND = (
+    "python examples/dpl_search.py --dataset toy_objects --shots 16 --subsample base --num_epochs 5 "
+    "--batch_size 16 --seed 1 --output_dir runs/dpl_toy"
+)
+# base-to-new protocols of the table: protocol name -> training dataset
+BASE2NEW = {"base2new": "toy_objects", "base2new_night": toy_dataset_name("objects", "night")}
+PROTOCOLS = [*BASE2NEW, "transfer"]
 
 
 def run(method: str, protocol: str, seed: int, args, extra: list[str]) -> dict:
@@ -36,9 +46,11 @@ def run(method: str, protocol: str, seed: int, args, extra: list[str]) -> dict:
         return json.loads(result_file.read_text())
     if args.only_existing:
         return None
-    argv = ["--method", method, "--dataset", "toy_objects", "--seed", str(seed), "--shots", str(args.shots)]
+    dataset = BASE2NEW.get(protocol, "toy_objects")
+    argv = ["--method", method, "--dataset", dataset, "--seed", str(seed), "--shots", str(args.shots)]
     argv += ["--output_dir", str(out), "--num_epochs", str(args.num_epochs), "--batch_size", str(args.batch_size)]
-    if protocol == "base2new":
+    argv += ["--train_crop_scale", *map(str, args.train_crop_scale), "--torch_threads", str(args.torch_threads)]
+    if protocol in BASE2NEW:
         argv += ["--protocol", "base2new"]
     else:
         argv += ["--protocol", "cross_dataset", "--eval_datasets", *DG_TARGETS, *CROSS_TARGETS]
@@ -72,33 +84,58 @@ def collect(results: dict[str, list[dict]], key, zero_shot: bool = False) -> dic
     return out
 
 
-def write_table(b2n: dict, transfer: dict, args) -> str:
+def base2new_rows(runs_by_method: dict) -> list[str]:
+    rows = ["| method | seeds | base | new | HM |", "|---|---|---|---|---|"]
+    base = collect(runs_by_method, lambda r: r.get("base_accuracy"))
+    new = collect(runs_by_method, lambda r: r.get("new_accuracy"))
+    hm = collect(runs_by_method, lambda r: r.get("hm"))
+    for method in runs_by_method:
+        cells = f"{mean_std(base[method])} | {mean_std(new[method])} | {mean_std(hm[method])}"
+        rows.append(f"| {method} | {len(base[method])} | {cells} |")
+    return rows
+
+
+def command_line(args) -> str:
     command = f"python examples/toy/methods_table.py --seeds {' '.join(map(str, args.seeds))}"
     if args.transfer_seeds:
         command += f" --transfer_seeds {' '.join(map(str, args.transfer_seeds))}"
     command += f" --num_epochs {args.num_epochs} --batch_size {args.batch_size} --shots {args.shots}"
+    return command + f" --train_crop_scale {' '.join(map(str, args.train_crop_scale))}"
+
+
+def dpl_lengths(args) -> str:
+    if not args.dpl_config.exists():
+        return "DPL: no found configuration."
+    found = json.loads(args.dpl_config.read_text())
+    return (
+        f"DPL trains the lengths in `{args.dpl_config}` (text {found['text_lengths']}, vision "
+        f"{found['vision_lengths']}), found on the base classes of `toy_objects` by `{DPL_SEARCH_COMMAND}`."
+    )
+
+
+def write_table(results: dict[str, dict], args) -> str:
     lines = [
         "# Methods on the toy world",
         "",
-        f"Produced by `{command}` (mean ± std over seeds; accuracy in %), with the toy CLIP shipped in "
-        "`peft_vlprompt/toy/toy_clip`. Every method: the same toy schedule, its own preset learning rate. "
-        "The `seeds` column counts the runs that finished.",
+        f"Produced by `{command_line(args)}` (mean ± std over seeds; accuracy in %), with the toy CLIP shipped in "
+        "`peft_vlprompt/toy/toy_clip`. Every method: the same toy schedule, its own preset learning rate and "
+        "adapter settings. The `seeds` column counts the runs that finished. " + dpl_lengths(args),
         "",
         *([args.note, ""] if args.note else []),
-        "## Base-to-new (`toy_objects`, base = first half of the sorted labels)",
-        "",
-        "| method | seeds | base | new | HM |",
-        "|---|---|---|---|---|",
     ]
-    base = collect(b2n, lambda r: r.get("base_accuracy"))
-    new = collect(b2n, lambda r: r.get("new_accuracy"))
-    hm = collect(b2n, lambda r: r.get("hm"))
-    for method in b2n:
-        cells = f"{mean_std(base[method])} | {mean_std(new[method])} | {mean_std(hm[method])}"
-        lines.append(f"| {method} | {len(base[method])} | {cells} |")
+    titles = {
+        "base2new": "## Base-to-new (`toy_objects`, photo domain; base = first half of the sorted labels)",
+        "base2new_night": "## Base-to-new, unseen domain (`toy_objects_night`: night images, never seen in "
+        "pretraining)",
+    }
+    for protocol, title in titles.items():
+        if results.get(protocol):
+            lines += [title, "", *base2new_rows(results[protocol]), ""]
+    transfer = results.get("transfer", {})
+    if not transfer:
+        return "\n".join(lines)
     targets = DG_TARGETS + CROSS_TARGETS
     lines += [
-        "",
         "## Transfer: train on all `toy_objects` classes (photo domain), test other domains and tasks",
         "",
         "| method | seeds | source | "
@@ -123,26 +160,29 @@ def write_table(b2n: dict, transfer: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(b2n: dict, path: Path) -> None:
+def plot(results: dict[str, dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 5))
-    for method, runs in b2n.items():
-        base = [r["base_accuracy"] for r in runs if "base_accuracy" in r]
-        new = [r["new_accuracy"] for r in runs if "new_accuracy" in r]
-        if not base:
-            continue
-        xerr = statistics.stdev(base) if len(base) > 1 else 0
-        yerr = statistics.stdev(new) if len(new) > 1 else 0
-        ax.errorbar(statistics.mean(base), statistics.mean(new), xerr=xerr, yerr=yerr, fmt="o", capsize=3)
-        ax.annotate(method, (statistics.mean(base), statistics.mean(new)), textcoords="offset points", xytext=(5, 5))
-    ax.set_xlabel("base-class accuracy (%)")
-    ax.set_ylabel("new-class accuracy (%)")
-    ax.set_title("Toy world, base-to-new (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
+    panels = [p for p in BASE2NEW if results.get(p)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), squeeze=False)
+    for ax, protocol in zip(axes[0], panels):
+        for method, runs in results[protocol].items():
+            base = [r["base_accuracy"] for r in runs if "base_accuracy" in r]
+            new = [r["new_accuracy"] for r in runs if "new_accuracy" in r]
+            if not base:
+                continue
+            xerr = statistics.stdev(base) if len(base) > 1 else 0
+            yerr = statistics.stdev(new) if len(new) > 1 else 0
+            ax.errorbar(statistics.mean(base), statistics.mean(new), xerr=xerr, yerr=yerr, fmt="o", capsize=3)
+            ax.annotate(method, (statistics.mean(base), statistics.mean(new)), textcoords="offset points",
+                        xytext=(5, 5))  # fmt: skip
+        ax.set_xlabel("base-class accuracy (%)")
+        ax.set_ylabel("new-class accuracy (%)")
+        ax.set_title(f"{BASE2NEW[protocol]}, base-to-new (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -154,10 +194,13 @@ def main() -> None:
     parser.add_argument(
         "--transfer_seeds", nargs="+", type=int, default=None, help="Seeds of the transfer runs (default: --seeds)."
     )
-    parser.add_argument("--num_epochs", type=int, default=10, help="The toy schedule, the same for every method.")
+    parser.add_argument("--num_epochs", type=int, default=20, help="The toy schedule, the same for every method.")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--shots", type=int, default=16)
-    parser.add_argument("--protocols", nargs="+", default=["base2new", "transfer"], choices=["base2new", "transfer"])
+    parser.add_argument("--train_crop_scale", nargs=2, type=float, default=[0.5, 1.0],
+                        help="Random-resized-crop area range (the default job's: the 32 px toy objects fill the frame).")  # fmt: skip
+    parser.add_argument("--torch_threads", type=int, default=1, help="Threads per run (tiny matrices: 1 is fastest).")
+    parser.add_argument("--protocols", nargs="+", default=PROTOCOLS, choices=PROTOCOLS)
     parser.add_argument("--dpl_config", type=Path, default=Path("examples/toy/results/dpl_found.json"),
                         help="DeepPromptConfig found by examples/dpl_search.py on toy_objects (for --methods dpl).")  # fmt: skip
     parser.add_argument("--only_existing", action="store_true", help="Only tabulate finished runs; start none.")
@@ -168,24 +211,24 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    b2n, transfer = {}, {}
-    plan = [("base2new", seed) for seed in args.seeds] if "base2new" in args.protocols else []
-    plan += [("transfer", seed) for seed in args.transfer_seeds or args.seeds] if "transfer" in args.protocols else []
-    for protocol, seed in sorted(plan, key=lambda p: (p[1], p[0] != "base2new")):  # seed by seed
+    results: dict[str, dict] = {}
+    plan = [(protocol, seed) for protocol in args.protocols if protocol in BASE2NEW for seed in args.seeds]
+    if "transfer" in args.protocols:
+        plan += [("transfer", seed) for seed in args.transfer_seeds or args.seeds]
+    for protocol, seed in sorted(plan, key=lambda p: (p[1], PROTOCOLS.index(p[0]))):  # seed by seed
         for method in args.methods:
             if method == "dpl" and not args.dpl_config.exists():
                 logger.warning("skipping dpl: %s not found (run examples/dpl_search.py first)", args.dpl_config)
                 continue
-            target = b2n if protocol == "base2new" else transfer
             result = run(method, protocol, seed, args, [])
             if result is not None:
-                target.setdefault(method, []).append(result)
+                results.setdefault(protocol, {}).setdefault(method, []).append(result)
             # rewrite after every run, so an interrupted table still shows exactly what finished
-            (args.results_dir / "methods_table.md").write_text(write_table(b2n, transfer, args))
-    table = write_table(b2n, transfer, args)
+            (args.results_dir / "methods_table.md").write_text(write_table(results, args))
+    table = write_table(results, args)
     (args.results_dir / "methods_table.md").write_text(table)
-    if b2n:
-        plot(b2n, args.results_dir / "base_vs_new.png")
+    if any(results.get(p) for p in BASE2NEW):
+        plot(results, args.results_dir / "base_vs_new.png")
     logger.info("wrote %s\n%s", args.results_dir / "methods_table.md", table)
 
 

@@ -2,7 +2,8 @@
 
 Hyperparameters left unset (`None`) come from the method's preset (`presets.py`, the papers' values); a flag given
 on the command line always wins. `DEFAULT_RUN` is the one place that defines what a bare `python examples/train.py`
-does: ProGrad-CoOp on the toy world's base-to-new task with the shipped toy CLIP.
+does: ProGrad-CoOp on the toy world's base-to-new task with the shipped toy CLIP. Flags that do not choose another
+experiment (`--output_dir`, `--max_train_steps`, `--seed`, ...) change the default run rather than leaving it.
 """
 
 import json
@@ -272,9 +273,23 @@ def default_argv() -> list[str]:
     return argv
 
 
+# Flags that choose an experiment of their own; with any of them the method preset, not `DEFAULT_RUN`, sets the rest.
+EXPERIMENT_FLAGS = ("--method", "--dataset", "--config")
+
+
+def _chooses_experiment(argv: list[str]) -> bool:
+    flags = {a.split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+    return any(f.replace("-", "_") in flags for f in EXPERIMENT_FLAGS)
+
+
 def parse_args(argv: list[str] | None) -> TrainArguments:
-    """Parse `argv` (no arguments at all: the embedded `DEFAULT_RUN`); unknown flags are an error."""
-    if not argv:
-        argv = default_argv()
+    """Parse `argv`; unknown flags are an error.
+
+    Without `--method`, `--dataset` or `--config` the run is the embedded `DEFAULT_RUN`, with the given flags
+    overriding its entries (`--output_dir x --seed 2` is the default run with another folder and seed).
+    """
+    argv = list(argv or [])
+    if not _chooses_experiment(argv):
+        argv = default_argv() + argv  # argparse keeps the last value of a repeated flag
     (args,) = HfArgumentParser(TrainArguments).parse_args_into_dataclasses(args=argv)
     return args
