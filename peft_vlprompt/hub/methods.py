@@ -55,7 +55,8 @@ BIBTEX = {
 }""",
     "restore": """@article{yang2024restore,
   title   = {RESTORE: Towards Feature Shift for Vision-Language Prompt Learning},
-  author  = {Yang, Yuncheng and others},
+  author  = {Yang, Yuncheng and Zhang, Chuyan and Yang, Zuopeng and Gao, Yuting and Qin, Yulei and Li, Ke and
+             Sun, Xing and Yang, Jie and Gu, Yun},
   journal = {arXiv preprint arXiv:2403.06136},
   year    = {2024}
 }""",
