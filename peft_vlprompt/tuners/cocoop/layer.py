@@ -71,11 +71,8 @@ class ConditionalContextEmbedding(ContextEmbedding):
     def forward(self, input_ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         embeds = self.base_layer(input_ids, *args, **kwargs)
         for name in self.enabled_adapters(self.coop_ctx):
-            ctx = self.coop_ctx[name]
-            n_ctx = ctx.shape[-2]
-            is_slot = input_ids == self.coop_placeholder[name]
-            slot = (is_slot.cumsum(-1) - 1).clamp(0, n_ctx - 1)  # k-th placeholder -> context vector k
-            values = ctx[slot]  # (N, L, d)
+            is_slot, slot = self.placeholder_slots(name, input_ids)
+            values = self.coop_ctx[name][slot]  # (N, L, d)
             if name in self.cocoop_meta_fc1:
                 shift = self.meta_shift(name, input_ids.shape[0])
                 values = values + shift[:, None, :].to(values.dtype)  # the same pi(x) for every context vector

@@ -63,13 +63,17 @@ class ContextEmbedding(VLPromptLayer):
             )
         return torch.arange(n_rows, device=ctx.device)
 
+    def placeholder_slots(self, name: str, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(is_slot, slot): where adapter `name`'s placeholders are, and which context vector each one takes."""
+        is_slot = input_ids == self.coop_placeholder[name]
+        slot = (is_slot.cumsum(-1) - 1).clamp(0, self.coop_ctx[name].shape[-2] - 1)  # k-th placeholder -> vector k
+        return is_slot, slot
+
     def forward(self, input_ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         embeds = self.base_layer(input_ids, *args, **kwargs)
         for name in self.enabled_adapters(self.coop_ctx):
             ctx = self.coop_ctx[name]
-            n_ctx = ctx.shape[-2]
-            is_slot = input_ids == self.coop_placeholder[name]
-            slot = (is_slot.cumsum(-1) - 1).clamp(0, n_ctx - 1)  # k-th placeholder -> context vector k
+            is_slot, slot = self.placeholder_slots(name, input_ids)
             if ctx.dim() == 2:
                 values = ctx[slot]
             else:
