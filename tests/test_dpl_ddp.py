@@ -6,19 +6,12 @@ Run: `python -m pytest tests/test_dpl_ddp.py -q` (starts 2 processes).
 """
 
 import os
-import socket
-from datetime import timedelta
 
 import torch
-import torch.multiprocessing as mp
+
+from tests._ddp import cpu_rank_accelerator, run_ranks
 
 WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _search(out_dir: str, batch_size: int, accelerator=None) -> torch.Tensor:
@@ -42,23 +35,7 @@ def _search(out_dir: str, batch_size: int, accelerator=None) -> torch.Tensor:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(WORLD),
-        OMP_NUM_THREADS="1",
-    )
-    torch.set_num_threads(1)
-    from accelerate import Accelerator, InitProcessGroupKwargs
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)  # a forked rank inherits the parent's accelerate singletons
-    GradientState._reset_state()
-    accelerator = Accelerator(cpu=True, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=60))])
-    assert accelerator.num_processes == WORLD and accelerator.process_index == rank
+    accelerator = cpu_rank_accelerator(rank, port, WORLD)
     params = _search(os.path.join(out_dir, "ddp"), batch_size=1, accelerator=accelerator)
     torch.save(params, os.path.join(out_dir, f"rank{rank}.pt"))
     accelerator.wait_for_everyone()
@@ -66,8 +43,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_two_processes_match_one_process(tmp_path):
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method=method)
+    run_ranks(_worker, tmp_path, WORLD)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     assert torch.equal(ranks[0], ranks[1])
     expected = _search(str(tmp_path / "single"), batch_size=2)

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,15 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from peft_vlprompt.training import main
+from tests._ddp import free_port
 from tests.test_training_fixtures import make_imagefolder, save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

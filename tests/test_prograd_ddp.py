@@ -5,42 +5,17 @@ Run: `python -m pytest tests/test_prograd_ddp.py -q` (starts 2 processes).
 """
 
 import os
-import socket
-from datetime import timedelta
 
 import torch
-import torch.multiprocessing as mp
 from _prograd_toy import accelerated_run, make_batches, reference_run
+
+from tests._ddp import cpu_rank_accelerator, run_ranks
 
 WORLD = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(WORLD),
-        OMP_NUM_THREADS="1",
-    )
-    torch.set_num_threads(1)
-    from accelerate import Accelerator, InitProcessGroupKwargs
-    from accelerate.state import AcceleratorState, GradientState
-
-    # A forked rank inherits the parent's accelerate singletons: start from a clean state.
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    # A short timeout turns a collective that one rank never joins into an error instead of a hung CI job.
-    accelerator = Accelerator(cpu=True, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=60))])
-    assert accelerator.num_processes == WORLD and accelerator.process_index == rank
+    accelerator = cpu_rank_accelerator(rank, port, WORLD)
     batches = make_batches()
     for accumulation in (1, 2):
         accelerator.gradient_accumulation_steps = accumulation
@@ -58,8 +33,7 @@ def test_ddp_matches_single_process_and_ranks_agree(tmp_path):
     import torch._dynamo  # noqa: F401
     import torch.distributed.tensor  # noqa: F401
 
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True, start_method=method)
+    run_ranks(_worker, tmp_path, WORLD)
     expected, n_projected = reference_run(make_batches())
     assert n_projected > 0
     for accumulation in (1, 2):
