@@ -1,6 +1,6 @@
 """Train (or evaluate zero-shot) a CLIP prompt-learning method with Accelerate.
 
-    # the embedded default: ProGrad-CoOp on the toy world's base-to-new task with the shipped toy CLIP (~2-3 min, CPU)
+    # the embedded default: ProGrad-CoOp, toy base-to-new task (night domain), shipped toy CLIP (~2-3 min, CPU)
     python examples/train.py
 
     # a paper setting (hyperparameters from peft_vlprompt/training/presets.py; explicit flags override them)

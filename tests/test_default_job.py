@@ -17,7 +17,7 @@ def test_default_job_runs_prograd_on_the_toy_base_to_new_task(tmp_path, monkeypa
     caplog.set_level("INFO")
     runpy.run_path(str(ROOT / "examples" / "train.py"), run_name="__main__")
     results = json.loads((tmp_path / "run" / "all_results.json").read_text())
-    assert results["method"] == "prograd" and results["dataset"] == "toy_objects"
+    assert results["method"] == "prograd" and results["dataset"] == DEFAULT_RUN["dataset"] == "toy_objects_night"
     assert results["protocol"] == "base2new" and results["global_step"] == 2
     assert results["num_epochs"] == DEFAULT_RUN["num_epochs"]  # --output_dir/--max_train_steps keep the default run
     for key in ("base_accuracy", "new_accuracy", "hm"):
@@ -28,7 +28,7 @@ def test_default_job_runs_prograd_on_the_toy_base_to_new_task(tmp_path, monkeypa
 
 def test_flags_override_the_default_run_until_an_experiment_is_chosen():
     bare = parse_args([])
-    assert (bare.method, bare.dataset, bare.num_epochs) == ("prograd", "toy_objects", DEFAULT_RUN["num_epochs"])
+    assert (bare.method, bare.dataset, bare.num_epochs) == ("prograd", "toy_objects_night", DEFAULT_RUN["num_epochs"])
     tweaked = parse_args(["--seed", "3", "--train-crop-scale", "0.2", "1"])
     assert (tweaked.method, tweaked.num_epochs, tweaked.seed) == ("prograd", DEFAULT_RUN["num_epochs"], 3)
     assert tweaked.train_crop_scale == [0.2, 1.0] and tweaked.torch_threads == DEFAULT_RUN["torch_threads"]

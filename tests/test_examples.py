@@ -107,3 +107,14 @@ def test_help_documents_every_argument():
     with pytest.raises(SystemExit) as exit_info:
         parse_args(["--help"])
     assert exit_info.value.code == 0
+
+
+def test_linear_probe_starts_at_zero_shot_and_fits_its_shots():
+    from peft_vlprompt.toy import load_toy_clip
+
+    probe = _load_example("examples/toy/linear_probe.py")
+    model, processor = load_toy_clip()
+    untrained = probe.probe(model, processor, "toy_objects", probe.ProbeArguments(shots=1, steps=0))
+    assert untrained["probe_test"] == untrained["zero_shot"]  # the class weights start as the zero-shot text features
+    fitted = probe.probe(model, processor, "toy_objects", probe.ProbeArguments(shots=1, steps=200))
+    assert fitted["zero_shot"] == untrained["zero_shot"] and fitted["probe_train"] == 100.0  # 24 images, 24 classes

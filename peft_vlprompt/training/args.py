@@ -17,19 +17,23 @@ PROTOCOLS = ("few_shot", "base2new", "cross_dataset", "domain_generalization")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 # The embedded default run (no command-line arguments): ProGrad-CoOp on the toy world's base-to-new task with the
-# shipped toy CLIP, about 1-2 min on 2 CPU cores. ProGrad's preset gives 200 epochs for 16 shots (sized for real
-# datasets); 50 fit the budget. The toy images are 32 px with the object in part of the frame: the papers' random
-# crops of down to 8% of the area (made for 224 px photos) mostly cut the object out, so the default keeps >= 50%.
+# shipped toy CLIP, about 1-2 min on 2 CPU cores. The task is `toy_objects_night`, the domain the toy CLIP never saw
+# in pretraining (the toy analogue of a specialised dataset such as EuroSAT): zero-shot is weak there while the image
+# features still separate the classes (a 16-shot linear probe on them: 60 % vs zero-shot 32 % on the base classes),
+# so there is something for prompts to learn. On the `photo` domain a 16-shot probe stays below zero-shot (62 % vs
+# 66 %): no prompt can gain there (see examples/toy/results/methods_table.md). ProGrad's preset gives 200 epochs for
+# 16 shots (sized for real datasets); 50 fit the budget. The toy images are 32 px: the papers' random crops of down
+# to 8% of the area (made for 224 px photos) mostly cut the object out, so the default keeps >= 50%.
 DEFAULT_RUN: dict[str, str | int | float] = {
     "method": "prograd",
-    "dataset": "toy_objects",
+    "dataset": "toy_objects_night",
     "protocol": "base2new",
     "shots": 16,
     "seed": 1,
     "num_epochs": 50,
     "batch_size": 32,
     "train_crop_scale": "0.5 1.0",
-    "output_dir": "runs/toy_prograd_base2new",
+    "output_dir": "runs/toy_prograd_base2new_night",
     "torch_threads": 1,  # the toy CLIP's matrices are tiny: more threads only add synchronisation
 }
 
