@@ -5,6 +5,8 @@ import runpy
 import sys
 from pathlib import Path
 
+from huggingface_hub import ModelCard
+
 from peft_vlprompt.training import DEFAULT_RUN, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +25,13 @@ def test_default_job_runs_prograd_on_the_toy_base_to_new_task(tmp_path, monkeypa
     for key in ("base_accuracy", "new_accuracy", "hm"):
         assert 0.0 <= results[key] <= 100.0 and 0.0 <= results["zero_shot"][key] <= 100.0
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").exists()
+    # the adapter folder carries our card (not peft's empty template), with this run's results in its model-index
+    card = ModelCard.load(tmp_path / "run" / "adapter" / "README.md")
+    assert card.data.library_name == "peft" and "prompt-learning" in card.data.tags and "prograd" in card.data.tags
+    scores = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert scores and all(round(v, 2) in {round(results[k], 2) for k in ("base_accuracy", "new_accuracy", "hm")}
+                          for v in scores.values())  # fmt: skip
+    assert "More Information Needed" not in card.text
     assert "zero-shot" in caplog.text and "hm" in caplog.text  # the printed table: trained next to zero-shot
 
 

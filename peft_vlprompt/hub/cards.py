@@ -278,6 +278,7 @@ def render_card(
     classnames: Sequence[str] | None = None,
     template: str | None = None,
     adapter_name: str | None = None,
+    warn_local_base: bool = True,
 ) -> ModelCard:
     """Render the model card of `model`'s active (or `adapter_name`) peft_vlprompt adapter.
 
@@ -291,6 +292,9 @@ def render_card(
         classnames: class names for the usage snippet; defaults to `training_config["classnames"]`.
         template: the hand-crafted template used in training; defaults to `results["template"]`, then
             `training_config["template"]` (only strings containing `{}` count; a template-table name is skipped).
+        adapter_name: the adapter to describe (default: the active one).
+        warn_local_base: log a warning when the base model is not a Hub id (the card and `AutoPeftModel` then point
+            to a local folder); the training loop's local card turns it off.
     """
     results = dict(results or {})
     training_config = safe_training_config(training_config)
@@ -304,7 +308,7 @@ def render_card(
     templates = (template, results.get("template"), training_config.get("template"))
     template = next((t for t in templates if isinstance(t, str) and "{}" in t), DEFAULT_TEMPLATE)
     hub_base = base_model if is_hub_id(base_model) else None
-    if hub_base is None:
+    if hub_base is None and warn_local_base:
         logger.warning(
             "base model %r is not a Hub id; pass `base_model=` (e.g. 'openai/clip-vit-base-patch16') so the card "
             "and AutoPeftModel point to it",

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
+from huggingface_hub.constants import REPOCARD_NAME
 from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 from torch.utils.data import DataLoader
@@ -36,6 +37,7 @@ from .build import (
     steps_per_epoch,
 )
 from .checkpoint import (
+    ADAPTER_DIR,
     CHECKPOINTS_DIR,
     TrainingState,
     atomic_write_json,
@@ -249,6 +251,8 @@ def train(args: TrainArguments) -> dict:
     if accelerator.is_main_process:
         atomic_write_json(results_dir / "all_results.json", results["summary"])
         atomic_write_json(results_dir / "per_class_accuracy.json", results["per_class"])
+        if spec.trains:
+            _write_card(results_dir / ADAPTER_DIR, args, results["summary"], task)
         if args.push_to_hub and spec.trains:
             _push(model, args, results["summary"], task)
     accelerator.wait_for_everyone()
@@ -371,6 +375,17 @@ def _log(accelerator, logged, step, epoch, optimizer, prograd, tracking):
     logger.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
     if tracking:
         accelerator.log(values, step=step)
+
+
+def _write_card(adapter_dir: Path, args, summary, task) -> None:
+    """Replace the generic card `save_pretrained` wrote into the adapter folder by ours (results, usage, citation)."""
+    from ..hub import render_card
+
+    card = render_card(adapter_dir, results=summary, training_config=vars(args), classnames=task.classnames,
+                       template=task.template, warn_local_base=False)  # fmt: skip
+    tmp = adapter_dir / f".{REPOCARD_NAME}.tmp"
+    card.save(tmp)
+    os.replace(tmp, adapter_dir / REPOCARD_NAME)
 
 
 def _push(model, args, summary, task):
