@@ -5,6 +5,7 @@ import runpy
 import sys
 from pathlib import Path
 
+from accelerate.state import GradientState
 from huggingface_hub import ModelCard
 
 from peft_vlprompt.training import DEFAULT_RUN, parse_args
@@ -32,6 +33,8 @@ def test_default_job_runs_prograd_on_the_toy_base_to_new_task(tmp_path, monkeypa
     assert scores and all(round(v, 2) in {round(results[k], 2) for k in ("base_accuracy", "new_accuracy", "hm")}
                           for v in scores.values())  # fmt: skip
     assert "More Information Needed" not in card.text
+    # the run stopped inside its loader (--max_train_steps) and still left accelerate's GradientState clean
+    assert not GradientState().in_dataloader
     assert "zero-shot" in caplog.text and "hm" in caplog.text  # the printed table: trained next to zero-shot
 
 

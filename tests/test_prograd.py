@@ -28,6 +28,9 @@ from peft_vlprompt.optim import ProGrad
 
 @pytest.fixture
 def fresh_accelerate():
+    # accelerate's states are process-wide singletons: start and leave each test with clean ones
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
     yield
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
