@@ -19,6 +19,7 @@ from accelerate import PartialState
 from accelerate.logging import get_logger
 from transformers import HfArgumentParser
 
+from peft_vlprompt import PromptClassifier
 from peft_vlprompt.data import load_task
 from peft_vlprompt.toy import load_toy_clip
 
@@ -38,29 +39,19 @@ class ProbeArguments:
     weight_decay: float = field(default=1e-3, metadata={"help": "L2 penalty on the class weights."})
 
 
-def image_features(model, processor, images) -> torch.Tensor:
-    pixels = processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
-    with torch.no_grad():
-        out = model.get_image_features(pixel_values=pixels)
-    return F.normalize(getattr(out, "pooler_output", out), dim=-1)
-
-
-def text_features(model, processor, texts: list[str]) -> torch.Tensor:
-    tokens = processor.tokenizer(texts, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        out = model.get_text_features(**tokens)
-    return F.normalize(getattr(out, "pooler_output", out), dim=-1)
-
-
 def probe(model, processor, dataset: str, args: ProbeArguments) -> dict:
     task = load_task(dataset, None, shots=args.shots, seed=args.seed, subsample=args.subsample)
-    x_train, x_test = (
-        image_features(model, processor, task.train["image"]),
-        image_features(model, processor, task.test["image"]),
-    )
+    clf = PromptClassifier(model, processor.tokenizer, task.classnames, template=task.template).eval()
+
+    def features(split) -> torch.Tensor:
+        pixels = processor.image_processor(images=list(split["image"]), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            return clf.image_features(pixels)
+
+    x_train, x_test = features(task.train), features(task.test)
     y_train, y_test = torch.tensor(task.train["label"]), torch.tensor(task.test["label"])
-    text = text_features(model, processor, [task.template.format(c) for c in task.classnames])
-    scale = model.logit_scale.exp().item()
+    text = clf.zero_shot_text_features()
+    scale = clf.logit_scale().item()
     weights = text.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([weights], lr=args.lr)
     for _ in range(args.steps):
