@@ -23,6 +23,7 @@ from pathlib import Path
 
 from peft_vlprompt.toy import list_domains
 from peft_vlprompt.toy.registry import DEFAULT_DOMAIN, toy_dataset_name
+from peft_vlprompt.training import DEFAULT_RUN
 from peft_vlprompt.training import main as train_main
 
 logger = logging.getLogger("methods_table")
@@ -37,6 +38,7 @@ DPL_SEARCH_COMMAND = (
 # base-to-new protocols of the table: protocol name -> training dataset
 BASE2NEW = {"base2new": "toy_objects", "base2new_night": toy_dataset_name("objects", "night")}
 PROTOCOLS = [*BASE2NEW, "transfer"]
+DEFAULT_CROP_SCALE = [float(v) for v in str(DEFAULT_RUN["train_crop_scale"]).split()]  # the default job's
 
 
 def run(method: str, protocol: str, seed: int, args, extra: list[str]) -> dict:
@@ -197,9 +199,10 @@ def main() -> None:
     parser.add_argument("--num_epochs", type=int, default=20, help="The toy schedule, the same for every method.")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--shots", type=int, default=16)
-    parser.add_argument("--train_crop_scale", nargs=2, type=float, default=[0.5, 1.0],
+    parser.add_argument("--train_crop_scale", nargs=2, type=float, default=DEFAULT_CROP_SCALE,
                         help="Random-resized-crop area range (the default job's: the 32 px toy objects fill the frame).")  # fmt: skip
-    parser.add_argument("--torch_threads", type=int, default=1, help="Threads per run (tiny matrices: 1 is fastest).")
+    parser.add_argument("--torch_threads", type=int, default=DEFAULT_RUN["torch_threads"],
+                        help="Threads per run (tiny matrices: 1 is fastest).")  # fmt: skip
     parser.add_argument("--protocols", nargs="+", default=PROTOCOLS, choices=PROTOCOLS)
     parser.add_argument("--dpl_config", type=Path, default=Path("examples/toy/results/dpl_found.json"),
                         help="DeepPromptConfig found by examples/dpl_search.py on toy_objects (for --methods dpl).")  # fmt: skip

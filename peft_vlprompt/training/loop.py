@@ -351,7 +351,7 @@ def _fit(args, spec, preset, config, model, classifier, module, objective, task,
         # Leaving the loader early (last step, --max_train_steps) skips the code after its last `yield` that
         # unregisters it from accelerate's process-wide GradientState; a stale entry would make a later
         # `accumulate()` in this process (another run, user code) sync every micro-batch. `end()` is idempotent.
-        getattr(loader, "end", lambda: None)()
+        loader.end()
         epoch_done = state.global_step - epoch_start >= per_epoch
         if epoch_done:
             if gpa is not None:
