@@ -278,12 +278,12 @@ def default_argv() -> list[str]:
 
 
 # Flags that choose an experiment of their own; with any of them the method preset, not `DEFAULT_RUN`, sets the rest.
-EXPERIMENT_FLAGS = ("--method", "--dataset", "--config")
+EXPERIMENT_FLAGS = frozenset({"method", "dataset", "config"})
 
 
 def _chooses_experiment(argv: list[str]) -> bool:
-    flags = {a.split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
-    return any(f.replace("-", "_") in flags for f in EXPERIMENT_FLAGS)
+    given = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+    return not given.isdisjoint(EXPERIMENT_FLAGS)
 
 
 def parse_args(argv: list[str] | None) -> TrainArguments:
