@@ -8,6 +8,7 @@ from . import losses
 from .backbones import ClipBackbone
 from .classifier import PromptClassifier
 from .diagnostics import feature_shift
+from .metric_modules import metrics_module_path  # a path only: `evaluate` is not imported
 from .optim import GaussianPromptAggregator, ProGrad
 from .tuners import CoOpConfig, CoOpModel, VLPromptConfig
 from .tuners.cocoop import CoCoOpConfig, CoCoOpModel
@@ -57,6 +58,7 @@ __all__ = [
     "ivlp_preset",
     "make_prograd_optimizer",
     "maple_preset",
+    "metrics_module_path",
     "promptsrc_preset",
     "restore_preset",
     "update_restore_ratios",
