@@ -2,6 +2,7 @@
 
     python examples/aggregate_results.py runs/            # every all_results.json under runs/
     python examples/aggregate_results.py runs/ --output results.md
+    python examples/aggregate_results.py runs/ --use_evaluate  # base/new/HM by the shipped `evaluate` module
 
 One table per (protocol, shots): base-to-new gives Base / New / HM per method and dataset (HM of the mean base and
 new accuracies, as the papers compute it) plus the average over datasets; few-shot gives the accuracy per method
@@ -11,6 +12,8 @@ the runs recorded (runs of `--method zeroshot` when present).
 """
 
 import argparse
+import functools
+import importlib.util
 import json
 import statistics
 import sys
@@ -47,6 +50,27 @@ def hm(base: float, new: float) -> float:
     return 0.0 if base + new == 0 else 2 * base * new / (base + new)
 
 
+def papers_average(base: list[float], new: list[float]) -> tuple[float, float, float]:
+    """Mean base, mean new over datasets and the HM of those means (not the mean of per-dataset HMs)."""
+    b, n = statistics.fmean(base), statistics.fmean(new)
+    return b, n, hm(b, n)
+
+
+def evaluate_average():
+    """`papers_average` computed by the package's `evaluate` module base2new (its config "accuracies")."""
+    import evaluate
+
+    import peft_vlprompt
+
+    module = evaluate.load(peft_vlprompt.metrics_module_path("base2new"), "accuracies", keep_in_memory=True)
+
+    def average(base: list[float], new: list[float]) -> tuple[float, float, float]:
+        out = module.compute(base_accuracy=base, new_accuracy=new)
+        return out["base_accuracy"], out["new_accuracy"], out["hm"]
+
+    return average
+
+
 def _with_zero_shot(runs: list[dict]) -> list[dict]:
     """Add pseudo-runs of zero-shot CLIP from the runs' recorded zero-shot numbers (one per dataset and seed)."""
     if any(r["method"] == "zeroshot" for r in runs):
@@ -60,7 +84,7 @@ def _with_zero_shot(runs: list[dict]) -> list[dict]:
     return runs + extra
 
 
-def base2new_table(runs: list[dict]) -> str:
+def base2new_table(runs: list[dict], average=papers_average) -> str:
     """One small table per dataset (rows: methods; Base / New / HM), then the average over datasets."""
     methods = sorted({r["method"] for r in runs}, key=lambda m: (m != ZERO_SHOT, m))
     datasets = sorted({r["dataset"] for r in runs})
@@ -75,17 +99,17 @@ def base2new_table(runs: list[dict]) -> str:
         for m in methods:
             v = by.get((m, d))
             if v:
-                b, n = statistics.fmean(v["base"]), statistics.fmean(v["new"])
-                lines.append(f"| {m} | {cell(v['base'])} | {cell(v['new'])} | {hm(b, n):.2f} |")
+                h = average([statistics.fmean(v["base"])], [statistics.fmean(v["new"])])[2]
+                lines.append(f"| {m} | {cell(v['base'])} | {cell(v['new'])} | {h:.2f} |")
         blocks.append("\n".join(lines))
     if len(datasets) > 1:
         lines = [f"**Average over {len(datasets)} datasets**", "", *header]
         for m in methods:
             if not all((m, d) in by for d in datasets):
                 continue  # an average over other datasets would not be comparable
-            b = statistics.fmean(statistics.fmean(by[(m, d)]["base"]) for d in datasets)
-            n = statistics.fmean(statistics.fmean(by[(m, d)]["new"]) for d in datasets)
-            lines.append(f"| {m} | {b:.2f} | {n:.2f} | {hm(b, n):.2f} |")
+            b, n, h = average([statistics.fmean(by[(m, d)]["base"]) for d in datasets],
+                              [statistics.fmean(by[(m, d)]["new"]) for d in datasets])  # fmt: skip
+            lines.append(f"| {m} | {b:.2f} | {n:.2f} | {h:.2f} |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
@@ -125,17 +149,18 @@ def transfer_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def aggregate(runs: list[dict]) -> str:
-    """The markdown tables of `runs` (all_results.json dicts)."""
+def aggregate(runs: list[dict], use_evaluate: bool = False) -> str:
+    """The markdown tables of `runs` (all_results.json dicts); `use_evaluate`: base/new/HM by `evaluate_average`."""
     runs = _with_zero_shot(runs)
     groups = defaultdict(list)
     for r in runs:
         groups[(r["protocol"], r.get("shots"))].append(r)
-    out = []
+    out, average = [], evaluate_average() if use_evaluate else papers_average
     for (protocol, shots), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
         seeds = sorted({r["seed"] for r in rs})
         out.append(f"### {protocol}, {shots} shots (seeds {', '.join(map(str, seeds))})\n")
-        table = {"base2new": base2new_table, "few_shot": few_shot_table}.get(protocol, transfer_table)
+        base2new = functools.partial(base2new_table, average=average)
+        table = {"base2new": base2new, "few_shot": few_shot_table}.get(protocol, transfer_table)
         out.append(table(rs) + "\n")
     return "\n".join(out)
 
@@ -144,11 +169,15 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", help="Run folders (searched recursively) or all_results.json files.")
     parser.add_argument("--output", default=None, help="Write the markdown here instead of printing it.")
+    parser.add_argument("--use_evaluate", action="store_true",
+                        help="Compute base/new/HM with the package's `evaluate` module base2new (same numbers).")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.use_evaluate and importlib.util.find_spec("evaluate") is None:
+        parser.error("--use_evaluate needs `evaluate`: pip install 'peft-vlprompt[evaluate]'")
     runs = load_runs(args.paths)
     if not runs:
         parser.error(f"no all_results.json under {args.paths}")
-    text = aggregate(runs)
+    text = aggregate(runs, use_evaluate=args.use_evaluate)
     if args.output:
         Path(args.output).write_text(text)
     else:
