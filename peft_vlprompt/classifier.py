@@ -23,6 +23,7 @@ from torch import nn
 from .backbones import ClipBackbone, unwrap_clip
 from .tuners.base import DEFAULT_TEMPLATE, VLPromptConfig, enabled_configs, prompt_layers, text_rows_for_classes
 from .tuners.cocoop.layer import image_conditioning
+from .tuners.tokens import class_text
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +94,11 @@ class PromptClassifier(nn.Module):
     def prompts(self, config: VLPromptConfig | None = None) -> list[str]:
         """The text fed to the text tower for each class under `config` (the template when None)."""
         if config is None:
-            return [self.template.format(name.replace("_", " ")) for name in self.classnames]
+            return [self.template.format(class_text(name)) for name in self.classnames]
         n_classes = getattr(config, "n_classes", None)
-        if getattr(config, "class_specific", False) and n_classes != len(self.classnames):
+        if getattr(config, "per_class_context", getattr(config, "class_specific", False)) and n_classes != len(
+            self.classnames
+        ):
             raise ValueError(
                 f"the adapter's class-specific context has `n_classes`={n_classes}, but {len(self.classnames)} class "
                 "names were given; class-specific context cannot be used for other classes"
@@ -103,7 +106,7 @@ class PromptClassifier(nn.Module):
         return config.prompt_texts(self.classnames, self.template)
 
     def tokenize(self, texts: list[str], config: VLPromptConfig | None = None) -> torch.Tensor:
-        """Token ids padded to the longest prompt; checks length and placeholder count per class."""
+        """Token ids padded to the longest prompt; checks the length per class."""
         ids = self.tokenizer(texts, padding=True, truncation=False, return_tensors="pt")["input_ids"]
         if ids.shape[1] > self.backbone.max_positions:
             lengths = [len(self.tokenizer(t)["input_ids"]) for t in texts]
@@ -112,14 +115,7 @@ class PromptClassifier(nn.Module):
                 f"the prompt for class {self.classnames[worst]!r} is {lengths[worst]} tokens long, more than the "
                 f"model's {self.backbone.max_positions} positions: {texts[worst]!r}"
             )
-        expected = config.placeholder_count if config is not None else 0
-        if expected:
-            counts = (ids == config.placeholder_token_id).sum(-1)
-            for index in torch.nonzero(counts != expected).flatten().tolist():
-                raise ValueError(
-                    f"class {self.classnames[index]!r} gives {int(counts[index])} placeholder tokens instead of "
-                    f"{expected}: the class name contains the placeholder word; rename the class"
-                )
+        # context slots are found by position in the prompt layout, so any class name works (even "x-ray")
         return ids
 
     # -- features -----------------------------------------------------------------------------------------------

@@ -70,8 +70,9 @@ def test_coop_logits_match_hand_reference(position, class_specific, ctx_init):
 
 
 def test_word_init_copies_token_embeddings_and_sets_n_ctx():
-    config = CoOpConfig(n_ctx=16, ctx_init="a photo of a")
+    config = CoOpConfig(ctx_init="a photo of a")
     assert config.n_ctx == 4 and config.ctx_init_token_ids == [320, 1125, 539, 320]
+    assert CoOpConfig(n_ctx=4, ctx_init="a photo of a").n_ctx == 4  # an explicit value that agrees is fine
     model = get_peft_model(tiny_clip(), config)
     ctx = model.base_model.model.text_model.embeddings.token_embedding.coop_ctx["default"]
     emb = tiny_clip().text_model.embeddings.token_embedding.weight
@@ -180,7 +181,7 @@ def test_unload_restores_the_base_modules():
             "`class_token_position` must be one of ('end', 'middle', 'front'), got 'top'",
         ),
         (dict(class_specific=True), "`class_specific=True` needs `n_classes` >= 1, got `n_classes`=None"),
-        (dict(n_ctx=2, ctx_init="a photo of a", pad_ctx_init=True), "has 4 tokens, more than `n_ctx`=2"),
+        (dict(n_ctx=2, ctx_init="a photo of a", pad_ctx_init=True), "has 4 words, more than `n_ctx`=2"),
     ],
 )
 def test_config_errors_name_field_and_value(kwargs, message):
@@ -204,12 +205,6 @@ def test_prompt_longer_than_max_positions_names_the_class():
         ValueError, match=r"the prompt for class 'dog dog .*' is 89 tokens long, more than the model's 77"
     ):
         PromptClassifier(model, tokenizer(), ["cat", long_name])(pixels())
-
-
-def test_class_name_containing_the_placeholder_is_refused():
-    model = get_peft_model(tiny_clip(), CoOpConfig(n_ctx=4))
-    with pytest.raises(ValueError, match="class 'x ray' gives 5 placeholder tokens instead of 4"):
-        PromptClassifier(model, tokenizer(), ["cat", "x ray"])(pixels())
 
 
 def test_unsupported_base_model_is_a_clear_error():

@@ -39,7 +39,7 @@ def _image(w, h, seed, mode="RGB"):
 )
 def test_test_path_equals_clip_image_processor(kwargs):
     processor = Processor(**kwargs)
-    transform = make_transform(processor, train=False)
+    transform = make_transform(processor, train=False, center_crop="processor")
     images = [
         _image(57, 43, 0),
         _image(43, 90, 1),

@@ -34,21 +34,30 @@ def test_default_is_prograds_init_12_zeros_then_a_photo_of_a():
     assert torch.equal(ctx[:12], torch.zeros(12, TEXT_WIDTH)) and torch.equal(ctx[12:], emb[PHRASE])
 
 
-def test_paper_init_counts_bpe_tokens_by_default_and_words_on_request():
+def test_paper_init_counts_words_by_default_and_bpe_tokens_on_request():
     template = "a type of pet, a photo of a {}."  # 8 words, 9 BPE tokens ("pet," is two)
     phrase_ids = [320, 3877, 539, 3703, 267, 320, 1125, 539, 320]
-    bpe = ProGradCoOpConfig.paper_init(template, lambda_=0.8)
-    assert (bpe.teacher_template, bpe.lambda_, bpe.n_ctx, bpe.frozen_suffix) == (template, 0.8, 16, None)
-    assert bpe.ctx_init_token_ids == phrase_ids
-    words = ProGradCoOpConfig.paper_init(template, split_by_words=True)
-    assert words.ctx_init_token_ids == phrase_ids[:8] and words.frozen_suffix == "a"
-    assert words.prompt_texts(["cat"], template) == [" ".join(["X"] * 16) + " a cat."]
-    assert ProGradCoOpConfig.paper_init(split_by_words=True).frozen_suffix is None  # one token per word: no split
+    words = ProGradCoOpConfig.paper_init(template, lambda_=0.8)
+    assert (words.teacher_template, words.lambda_, words.n_ctx, words.ctx_init_split) == (template, 0.8, 16, "words")
+    assert words.ctx_init_token_ids == phrase_ids and words.n_init == 8 and words.frozen_init_token_ids == [320]
+    # released prompt text: 8 placeholders, then the whole phrase (its first 8 tokens are context slots)
+    assert words.prompt_texts(["cat"], template) == [" ".join(["X"] * 8) + " a type of pet, a photo of a cat."]
+    bpe = ProGradCoOpConfig.paper_init(template, split_by_words=False)
+    assert (bpe.ctx_init_split, bpe.n_init, bpe.frozen_init_token_ids) == ("tokens", 9, [])
+    assert bpe.prompt_texts(["cat"], template) == [" ".join(["X"] * 16) + " cat."]
+    assert ProGradCoOpConfig.paper_init().frozen_init_token_ids == []  # one token per word: nothing frozen
+
+
+def test_legacy_frozen_suffix_config_keeps_its_layout():
+    """Configs saved before `ctx_init_split` (learned part in `ctx_init`, the rest in `frozen_suffix`) load as saved."""
+    legacy = ProGradCoOpConfig(n_ctx=16, ctx_init="a type of pet, a photo of", pad_ctx_init=True, frozen_suffix="a")
+    assert legacy.ctx_init_split == "tokens" and legacy.n_init == 8
+    assert legacy.prompt_texts(["cat"], "{}") == [" ".join(["X"] * 16) + " a cat."]
 
 
 def test_word_split_prompt_matches_hand_assembly():
     """ProGrad's released prompt: [SOS] 8 zeros, 8 phrase tokens (learned) [a] (frozen) [class] [.] [EOS]."""
-    config = ProGradCoOpConfig.paper_init("a type of pet, a photo of a {}.", split_by_words=True)
+    config = ProGradCoOpConfig.paper_init("a type of pet, a photo of a {}.")
     model = get_peft_model(tiny_clip(), config)
     ctx = context(model).detach()
     emb = tiny_clip().text_model.embeddings.token_embedding.weight.detach()
@@ -79,7 +88,8 @@ def test_save_load_round_trip_is_bit_identical(tmp_path):
     assert list(load_file(tmp_path / "adapter_model.safetensors")) == [CTX_KEY]
     loaded = PeftConfig.from_pretrained(tmp_path)
     assert type(loaded) is ProGradCoOpConfig
-    assert (loaded.n_ctx, loaded.lambda_, loaded.temperature, loaded.frozen_suffix) == (12, 0.8, 2.0, "a")
+    assert (loaded.n_ctx, loaded.lambda_, loaded.temperature, loaded.ctx_init_split) == (12, 0.8, 2.0, "words")
+    assert loaded.frozen_init_token_ids == [320]
     assert loaded.teacher_template == "a type of pet, a photo of a {}."
     assert loaded.ctx_init_token_ids == config.ctx_init_token_ids
     reloaded = PeftModel.from_pretrained(tiny_clip(), tmp_path)
@@ -141,7 +151,7 @@ def test_training_step_projects_the_task_gradient_and_changes_only_the_context()
         (dict(lambda_="1"), TypeError, "`lambda_` must be a float, got str"),
         (dict(temperature=0.0), ValueError, "`temperature` must be a finite number > 0, got 0.0"),
         (dict(teacher_template="a photo"), ValueError, "`teacher_template` must contain '{}'"),
-        (dict(n_ctx=2), ValueError, "has 4 tokens, more than `n_ctx`=2"),
+        (dict(n_ctx=2), ValueError, "has 4 words, more than `n_ctx`=2"),
         (
             dict(frozen_suffix="a", class_token_position="middle"),
             ValueError,

@@ -6,7 +6,12 @@ settings (size, crop size, mean, std, resample, rescale factor):
 - train: random resized crop straight to the crop size (scale (0.08, 1), ratio (3/4, 4/3), the processor's
   resample, bicubic for CLIP), horizontal flip with p=0.5, rescale + normalise;
 - test: resize the shorter side to `size` (int(size * long / short) for the other side), center crop, rescale +
-  normalise; this reproduces `CLIPImageProcessor(images)` (PIL backend) to float precision.
+  normalise. The crop is placed as the field places it (`center_crop="torchvision"`, the default): torchvision's
+  `CenterCrop`, used by OpenAI CLIP's preprocessing and Dassl's test transform, puts it at
+  `int(round((size - crop) / 2))` (Python rounding), so the protocols' evaluation (`training.evaluation`, DPL's
+  validation view) equals the released pipelines. `center_crop="processor"` floors instead, as transformers'
+  `CLIPImageProcessor` does, and then reproduces `CLIPImageProcessor(images)` (PIL backend) to float precision: use
+  it where a transformers pipeline is emulated. `PromptClassifier.predict` calls the image processor itself.
 
 Randomness comes from a seedable `torch.Generator` (the global torch RNG when none is given), with the same draws as
 torchvision's `RandomResizedCrop.get_params` and `RandomHorizontalFlip`.
@@ -82,8 +87,25 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     return image.convert("RGB")
 
 
+CENTER_CROPS = ("torchvision", "processor")
+
+
+def _center_crop_torchvision(arr: np.ndarray, ch: int, cw: int) -> np.ndarray:
+    """torchvision's `CenterCrop` of an (H, W, C) array: a smaller image is zero-padded by floor/ceil halves (left/top
+    get the floor), then the crop starts at `int(round((H - ch) / 2))`, `int(round((W - cw) / 2))`."""
+    h, w = arr.shape[:2]
+    if ch > h or cw > w:
+        top, left = max(ch - h, 0) // 2, max(cw - w, 0) // 2
+        canvas = np.zeros((max(ch, h), max(cw, w), arr.shape[2]), dtype=arr.dtype)
+        canvas[top : top + h, left : left + w] = arr
+        arr, h, w = canvas, canvas.shape[0], canvas.shape[1]
+    top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+    return arr[top : top + ch, left : left + cw]
+
+
 def _center_crop(arr: np.ndarray, ch: int, cw: int) -> np.ndarray:
-    """Center crop of an (H, W, C) array with top/left = (H - ch) // 2, (W - cw) // 2; zero-pads a smaller image."""
+    """transformers' center crop of an (H, W, C) array: top/left = (H - ch) // 2, (W - cw) // 2; zero-pads a smaller
+    image."""
     h, w = arr.shape[:2]
     top, left = (h - ch) // 2, (w - cw) // 2
     if top >= 0 and left >= 0:
@@ -138,6 +160,7 @@ class CLIPTransform:
         scale: tuple[float, float] = (0.08, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         flip_p: float = 0.5,
+        center_crop: str = "torchvision",
         image_column: str = "image",
         label_column: str = "label",
     ):
@@ -147,6 +170,9 @@ class CLIPTransform:
             raise ValueError(f"`ratio` must satisfy 0 < min <= max, got {ratio}.")
         if not 0 <= flip_p <= 1:
             raise ValueError(f"`flip_p` must be in [0, 1], got {flip_p}.")
+        if center_crop not in CENTER_CROPS:
+            raise ValueError(f"`center_crop` must be one of {CENTER_CROPS}, got {center_crop!r}.")
+        self.center_crop = center_crop
         self.settings, self.train, self.generator = settings, train, generator
         self.scale, self.ratio, self.flip_p = scale, ratio, flip_p
         self.image_column, self.label_column = image_column, label_column
@@ -179,7 +205,8 @@ class CLIPTransform:
             image = image.resize((s.resize_hw[1], s.resize_hw[0]), resample=s.resample)
         arr = np.asarray(image)
         if s.crop_hw is not None:
-            arr = _center_crop(arr, *s.crop_hw)
+            crop = _center_crop_torchvision if self.center_crop == "torchvision" else _center_crop
+            arr = crop(arr, *s.crop_hw)
         return self._normalize(arr)
 
     def train_image(self, image: PIL.Image.Image) -> torch.Tensor:
@@ -204,7 +231,8 @@ def make_transform(image_processor, train: bool, generator: torch.Generator | No
     """A `CLIPTransform` with the settings of `image_processor` (a `CLIPImageProcessor` or anything with its
     `size`/`crop_size`/`image_mean`/`image_std`/`resample`/`rescale_factor`), for `Dataset.with_transform`.
 
-    `kwargs` go to `CLIPTransform` (`scale`, `ratio`, `flip_p`, `image_column`, `label_column`)."""
+    `kwargs` go to `CLIPTransform` (`scale`, `ratio`, `flip_p`, `center_crop`, `image_column`, `label_column`);
+    `center_crop="processor"` emulates transformers' image processor instead of torchvision's (the field's) crop."""
     return CLIPTransform(ImageSettings.from_image_processor(image_processor), train, generator, **kwargs)
 
 

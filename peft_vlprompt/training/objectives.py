@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ..classifier import PromptClassifier, adapters_disabled
 from ..losses import kgcoop_loss, prograd_general_loss, promptsrc_losses, teacher_logits
+from ..tuners.tokens import class_text
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def ensemble_text_features(classifier: PromptClassifier, templates: list[str]) -
     sums = None
     with adapters_disabled(classifier.model):
         for template in templates:
-            texts = [template.format(name.replace("_", " ")) for name in classifier.classnames]
+            texts = [template.format(class_text(name)) for name in classifier.classnames]
             ids = classifier.tokenize(texts).to(classifier._device())
             out = classifier.model.get_text_features(input_ids=ids)
             feats = (out.pooler_output if hasattr(out, "pooler_output") else out).float()

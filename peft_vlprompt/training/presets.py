@@ -9,8 +9,12 @@ they are the arguments of `peft_vlprompt.tuners.deep_prompt.presets` (`n_ctx_tex
 which size the per-layer lengths to the loaded backbone.
 """
 
+import logging
+import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 # PromptSRC's few-shot GPA settings depend on the dataset (methods.md §5)
 _PROMPTSRC_FEWSHOT_SHARP = {"stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat"}
@@ -82,8 +86,11 @@ def _cocoop(ctx: PresetContext) -> Preset:
 
 def _prograd(ctx: PresetContext) -> Preset:
     lam = 0.8 if ctx.shots in (8, 16) and ctx.dataset in _PROGRAD_LOW_LAMBDA else 1.0
-    adapter = {"n_ctx": 16, "ctx_init": init_phrase(ctx.template), "pad_ctx_init": True, "lambda_": lam,
-               "temperature": 1.0}  # fmt: skip
+    # the released layout (`ProGradCoOpConfig.paper_init`): the phrase counted in words, so "a type of pet, a photo
+    # of a" learns 8 zeros + its first 8 tokens and keeps the last "a" frozen; `--adapter_kwargs
+    # '{"ctx_init_split": "tokens"}'` learns one vector per BPE token instead
+    adapter = {"n_ctx": 16, "ctx_init": init_phrase(ctx.template), "ctx_init_split": "words", "pad_ctx_init": True,
+               "lambda_": lam, "temperature": 1.0}  # fmt: skip
     return Preset(coop_epochs(ctx.shots, ctx.dataset), 0.002, 32, adapter, template_table="prograd",
                   source="ProGrad configs rn50{,_ep50,_ep100}.yaml, README (lambda)")  # fmt: skip
 
@@ -172,3 +179,29 @@ def get_preset(method: str, ctx: PresetContext) -> Preset:
     if method not in PRESETS:
         raise ValueError(f"no preset for method {method!r}; known: {sorted(PRESETS)}")
     return PRESETS[method](ctx)
+
+
+def apply_preset(args, method: str, preset: Preset, trains: bool = True) -> None:
+    """Fill the schedule values that no source set (num_epochs / lr / batch_size) from `preset`, validated like any
+    other value, and log which preset applies, what it sets and what the command line or config file kept."""
+    from .._validation import check_value
+    from .args import PRESET, TrainArguments
+
+    if not trains:
+        logger.info("%s: evaluation only (%s)", method, preset.source)
+        return
+    hints = typing.get_type_hints(TrainArguments)
+    filled, kept = [], []
+    for key in ("num_epochs", "lr", "batch_size"):
+        value = getattr(args, key)
+        if value is None:
+            value = getattr(preset, key)
+            check_value(key, value, hints[key], dict(TrainArguments.__dataclass_fields__[key].metadata))
+            setattr(args, key, value)
+            args.sources[key] = PRESET
+            filled.append(f"{key}={value}")
+        else:
+            kept.append(f"{key}={value} ({args.sources.get(key, 'set in Python')})")
+    logger.info("%s preset (%s) sets %s%s; adapter settings %s", method, preset.source or "no source",
+                ", ".join(filled) or "nothing", f"; kept: {', '.join(kept)}" if kept else "",
+                preset.adapter or "none")  # fmt: skip

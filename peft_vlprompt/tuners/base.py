@@ -16,6 +16,7 @@ from torch import nn
 
 from .._peft_compat import ensure_peft_type
 from ..backbones import ClipBackbone
+from .tokens import class_text
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
@@ -50,7 +51,7 @@ class VLPromptConfig(PeftConfig):
 
     def prompt_texts(self, classnames: list[str], template: str) -> list[str]:
         """Text fed to the text tower for each class (the hand-crafted template unless the method learns context)."""
-        return [template.format(name) for name in classnames]
+        return [template.format(class_text(name)) for name in classnames]
 
     @property
     def placeholder_count(self) -> int:

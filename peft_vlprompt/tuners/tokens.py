@@ -19,3 +19,9 @@ def clip_tokenizer():
 def clip_token_ids(text: str) -> list[int]:
     """BPE ids of `text` without the start/end tokens."""
     return clip_tokenizer()(text, add_special_tokens=False)["input_ids"]
+
+
+def class_text(classname: str) -> str:
+    """The one rule turning a class name into prompt text, used by every method and zero-shot: underscores become
+    spaces, as the released CoOp-family code does (`golden_retriever` -> "golden retriever")."""
+    return classname.replace("_", " ")

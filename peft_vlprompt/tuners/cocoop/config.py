@@ -32,7 +32,10 @@ class CoCoOpConfig(CoOpConfig):
         >>> logits = PromptClassifier(model, tokenizer, classnames)(pixel_values)  # (B, C)
     """
 
-    n_ctx: int = field(default=4, metadata={"help": "Number of context vectors (the token count of `ctx_init`)."})
+    n_ctx: int | None = field(
+        default=None,
+        metadata={"help": "Number of context vectors: derived from `ctx_init` (4 for 'a photo of a'), else 16."},
+    )
     ctx_init: str | None = field(
         default="a photo of a", metadata={"help": "Words initialising the context (CoCoOp: 'a photo of a')."}
     )

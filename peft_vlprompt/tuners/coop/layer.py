@@ -12,25 +12,50 @@ def initial_context(config: CoOpConfig, token_embedding: nn.Embedding) -> torch.
     """(n_ctx, d) or (n_classes, n_ctx, d) initial context, on the embedding's device and dtype."""
     weight = token_embedding.weight
     width = weight.shape[1]
-    if config.ctx_init_token_ids is None:
-        shape = (config.n_classes, config.n_ctx, width) if config.class_specific else (config.n_ctx, width)
+    if config.ctx_init is None:
+        shape = (config.n_classes, config.n_ctx, width) if config.per_class_context else (config.n_ctx, width)
         ctx = torch.empty(shape, device=weight.device, dtype=torch.float32)
         nn.init.normal_(ctx, std=config.init_std)
         return ctx.to(weight.dtype)
-    ids = torch.tensor(config.ctx_init_token_ids, device=weight.device)
+    # the first `n_init` tokens of `ctx_init` (all of them unless split by words) fill the last positions (all
+    # positions unless `pad_ctx_init`)
+    ids = torch.tensor(config.ctx_init_token_ids[: config.n_init], device=weight.device)
     words = weight.detach()[ids].clone()
     ctx = torch.zeros(config.n_ctx, width, device=weight.device, dtype=weight.dtype)
-    ctx[config.n_ctx - len(ids) :] = words  # words fill the last positions (all of them unless `pad_ctx_init`)
-    if config.class_specific:
+    ctx[config.n_ctx - len(ids) :] = words
+    if config.per_class_context:
         ctx = ctx.unsqueeze(0).repeat(config.n_classes, 1, 1)
     return ctx
+
+
+def context_slots(
+    input_ids: torch.Tensor, n_ctx: int, position: str, eot_index: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(is_slot, slot), both (B, L): where the `n_ctx` context vectors go in prompts of the layout `position`, and
+    which vector each slot takes. Located by position, as the released code does, never by token id, so a class name
+    containing the placeholder word is fine. `"end"`: positions 1..n_ctx; `"front"`: the n_ctx positions before the
+    final "." (at `eot_index - 1`); `"middle"`: the first n_ctx // 2 after SOS, the rest before the final ".".
+    """
+    batch, length = input_ids.shape
+    pos = torch.arange(length, device=input_ids.device).expand(batch, length)
+    if position == "end":
+        slot = pos - 1
+        is_slot = (slot >= 0) & (slot < n_ctx)
+    else:
+        head = 0 if position == "front" else n_ctx // 2
+        tail = pos - (eot_index.to(pos.device)[:, None] - 1 - (n_ctx - head))  # 0 at the first tail slot
+        in_head, in_tail = (pos >= 1) & (pos <= head), (tail >= 0) & (tail < n_ctx - head)
+        slot = torch.where(in_head, pos - 1, head + tail)
+        is_slot = in_head | in_tail
+    return is_slot, slot.clamp(0, n_ctx - 1)
 
 
 class ContextEmbedding(VLPromptLayer):
     """Token embedding whose output at placeholder positions is replaced by learned context vectors.
 
-    The k-th placeholder of each prompt gets context vector k, so the class name may sit at the end, in the middle or
-    at the front, and the sequence length (hence EOT pooling) never changes. Class-specific context picks row
+    The k-th context slot of each prompt (by position, see `context_slots`) gets context vector k, so the class name may
+    sit at the end, in the middle or at the front, may contain any word, and the sequence length (hence EOT pooling)
+    never changes. Class-specific context picks row
     `row_classes[b]` for prompt b (set by `text_rows_for_classes` while encoding chunks of classes); without it the
     prompts must be exactly the `n_classes` classes in order.
 
@@ -38,17 +63,19 @@ class ContextEmbedding(VLPromptLayer):
     """
 
     adapter_layer_names = ("coop_ctx",)
-    other_param_names = ("coop_placeholder",)
+    other_param_names = ("coop_layout",)
 
     def __init__(self, base_layer: nn.Embedding, **kwargs) -> None:
         super().__init__(base_layer, **kwargs)
         self.coop_ctx = nn.ParameterDict()
-        self.coop_placeholder: dict[str, int] = {}
+        self.coop_layout: dict[str, str] = {}  # adapter -> class_token_position
+        self.eot_index = None  # the backbone's EOT locator (front/middle layouts count back from it)
         self.row_classes: torch.Tensor | None = None
 
     def update_layer(self, adapter_name: str, config: CoOpConfig, backbone: ClipBackbone, key: str) -> None:
         self.coop_ctx[adapter_name] = nn.Parameter(initial_context(config, self.base_layer))
-        self.coop_placeholder[adapter_name] = config.placeholder_token_id
+        self.coop_layout[adapter_name] = config.class_token_position
+        self.eot_index = backbone.eot_index
         self.set_adapter(self.active_adapters)
 
     def context_rows(self, ctx: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -64,10 +91,10 @@ class ContextEmbedding(VLPromptLayer):
         return torch.arange(n_rows, device=ctx.device)
 
     def placeholder_slots(self, name: str, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(is_slot, slot): where adapter `name`'s placeholders are, and which context vector each one takes."""
-        is_slot = input_ids == self.coop_placeholder[name]
-        slot = (is_slot.cumsum(-1) - 1).clamp(0, self.coop_ctx[name].shape[-2] - 1)  # k-th placeholder -> vector k
-        return is_slot, slot
+        """(is_slot, slot): where adapter `name`'s context slots are, and which context vector each one takes."""
+        position = self.coop_layout[name]
+        eot = None if position == "end" else self.eot_index(input_ids)
+        return context_slots(input_ids, self.coop_ctx[name].shape[-2], position, eot)
 
     def forward(self, input_ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         embeds = self.base_layer(input_ids, *args, **kwargs)

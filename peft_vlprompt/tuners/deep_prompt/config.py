@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from ...backbones import ClipBackbone
 from ...backbones.clip import TOKEN_EMBEDDING, VISION_EMBEDDINGS
 from ..base import VLPromptConfig
-from ..tokens import PLACEHOLDER_TOKEN, PLACEHOLDER_TOKEN_ID, clip_token_ids
+from ..tokens import PLACEHOLDER_TOKEN, PLACEHOLDER_TOKEN_ID, class_text, clip_token_ids
 
 MODES = ("replace", "prefix")
 COUPLINGS = ("none", "maple")
@@ -235,7 +235,7 @@ class DeepPromptConfig(VLPromptConfig):
 
     # -- text fed to the text tower -------------------------------------------------------------------------------
     def prompt_texts(self, classnames: list[str], template: str) -> list[str]:
-        names = [name.replace("_", " ") for name in classnames]
+        names = [class_text(name) for name in classnames]
         if not self.text_slots:
             return [(self.text_template or template).format(name) for name in names]
         prefix = self.ctx_init or " ".join([PLACEHOLDER_TOKEN] * self.text_slots)

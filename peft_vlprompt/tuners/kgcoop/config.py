@@ -29,7 +29,10 @@ class KgCoOpConfig(CoOpConfig):
         >>> model = get_peft_model(clip_model, config)
     """
 
-    n_ctx: int = field(default=4, metadata={"help": "Number of context vectors (the token count of `ctx_init`)."})
+    n_ctx: int | None = field(
+        default=None,
+        metadata={"help": "Number of context vectors: derived from `ctx_init` (4 for 'a photo of a'), else 16."},
+    )
     ctx_init: str | None = field(
         default="a photo of a", metadata={"help": "Words initialising the context (KgCoOp: 'a photo of a')."}
     )

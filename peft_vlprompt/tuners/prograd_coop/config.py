@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ..base import DEFAULT_TEMPLATE
 from ..coop.config import CoOpConfig
-from ..tokens import PLACEHOLDER_TOKEN, clip_token_ids, clip_tokenizer
+from ..tokens import PLACEHOLDER_TOKEN
 
 
 @dataclass
@@ -18,9 +18,9 @@ class ProGradCoOpConfig(CoOpConfig):
 
     The defaults are ProGrad's released setting: `n_ctx=16`, class name at the end, and the context initialised from
     the teacher template without `" {}."` (`"a photo of a"`), placed in the **last** positions with zero vectors before
-    them (12 zeros then "a photo of a"). Use [`ProGradCoOpConfig.paper_init`] to derive the init phrase from a
+    them (12 zeros then "a photo of a"), the phrase counted in words as released (`ctx_init_split="words"`). Use [`ProGradCoOpConfig.paper_init`] to derive the init phrase from a
     per-dataset template (`peft_vlprompt.data.templates.TEMPLATES["prograd"]`). Set `ctx_init=None` for CoOp's random
-    init; with `ctx_init` set, `n_ctx` must be at least the phrase's BPE token count.
+    init; with `ctx_init` set, `n_ctx` must be at least the phrase's word (or, split by tokens, BPE token) count.
 
     The adapter holds only the context; `lambda_`, `temperature` and `teacher_template` are stored with it so a
     loaded adapter says how it was trained. Pass `template=config.teacher_template` to `PromptClassifier`: its
@@ -31,8 +31,8 @@ class ProGradCoOpConfig(CoOpConfig):
             the conflicting component fully. The README uses 0.8 for 8/16 shots on Flowers102, DTD and EuroSAT.
         temperature (`float`, defaults to `1.0`): T of the distillation loss `prograd_general_loss(..., T=...)`.
         teacher_template (`str`, defaults to `"a photo of a {}."`): hand-crafted template of the zero-shot teacher.
-        frozen_suffix (`str`, *optional*): words kept frozen between the learned context and the class name. Only set
-            by `paper_init(..., split_by_words=True)`, which reproduces ProGrad's released prompt exactly.
+        frozen_suffix (`str`, *optional*): legacy form of the word split (configs saved before `ctx_init_split`
+            existed): words kept frozen between the learned context and the class name.
 
     Example:
         >>> config = ProGradCoOpConfig.paper_init("a type of pet, a photo of a {}.")
@@ -40,7 +40,9 @@ class ProGradCoOpConfig(CoOpConfig):
         >>> optimizer = make_prograd_optimizer(torch.optim.SGD(model.parameters(), lr=2e-3, momentum=0.9), config)
     """
 
-    n_ctx: int = field(default=16, metadata={"help": "Number of learnable context vectors (ProGrad uses 16)."})
+    n_ctx: int | None = field(
+        default=None, metadata={"help": "Number of learnable context vectors (default 16, as ProGrad)."}
+    )
     ctx_init: str | None = field(
         default="a photo of a",
         metadata={"help": "Words initialising the last context positions (ProGrad: the teacher template's phrase)."},
@@ -55,7 +57,10 @@ class ProGradCoOpConfig(CoOpConfig):
     )
     frozen_suffix: str | None = field(
         default=None,
-        metadata={"help": "Frozen words between the context and the class name (ProGrad's word-count split)."},
+        metadata={
+            "help": "Legacy (configs saved before `ctx_init_split`): frozen words between the context and the class "
+            "name. New configs express ProGrad's word split with `ctx_init_split='words'`."
+        },
     )
 
     method_name = "prograd_coop"
@@ -76,6 +81,11 @@ class ProGradCoOpConfig(CoOpConfig):
             )
         if self.frozen_suffix is not None and not self.frozen_suffix.strip():
             self.frozen_suffix = None
+        if self.frozen_suffix is not None and self.frozen_init_token_ids:
+            raise ValueError(
+                f"`frozen_suffix`={self.frozen_suffix!r} (legacy) and a words-split `ctx_init`={self.ctx_init!r} both "
+                "freeze tokens before the class name; drop `frozen_suffix` (`ctx_init_split='words'` does it)"
+            )
         if self.frozen_suffix is not None and self.class_token_position != "end":
             raise ValueError(
                 "`frozen_suffix` needs `class_token_position='end'` (ProGrad's setting), got "
@@ -84,7 +94,7 @@ class ProGradCoOpConfig(CoOpConfig):
 
     @classmethod
     def paper_init(
-        cls, teacher_template: str = DEFAULT_TEMPLATE, n_ctx: int = 16, split_by_words: bool = False, **kwargs
+        cls, teacher_template: str = DEFAULT_TEMPLATE, n_ctx: int = 16, split_by_words: bool = True, **kwargs
     ) -> "ProGradCoOpConfig":
         """ProGrad's initialisation from a teacher template: the phrase is the template without `" {}."`.
 
@@ -93,15 +103,15 @@ class ProGradCoOpConfig(CoOpConfig):
         The pitfall (methods.md §6): ProGrad's code counts the phrase in space-split *words* (k), not BPE tokens. Its
         prompt is `"X" * (n_ctx - k) + phrase + class`, so the learned context covers `n_ctx - k` zeros and the first k
         BPE tokens of the phrase, and the remaining BPE tokens stay frozen before the class name. For
-        `"a type of pet, a photo of a"` (8 words, 9 tokens: "pet," is two) the final "a" is frozen. By default this
-        method counts BPE tokens instead (all phrase tokens are learned, `n_ctx - 9` zeros); `split_by_words=True`
-        reproduces the released behaviour exactly (both learn `n_ctx` vectors). They coincide when every word is one
-        token, as for `"a photo of a"`.
+        `"a type of pet, a photo of a"` (8 words, 9 tokens: "pet," is two) the final "a" is frozen. That is the
+        default (`split_by_words=True`, i.e. `ctx_init_split="words"`), the released configuration;
+        `split_by_words=False` counts BPE tokens instead (all phrase tokens are learned, `n_ctx - 9` zeros). Both learn
+        `n_ctx` vectors and coincide when every word is one token, as for `"a photo of a"`.
 
         Args:
             teacher_template: the zero-shot teacher's template; must end with `" {}."` (all ProGrad templates do).
             n_ctx: number of context vectors.
-            split_by_words: reproduce ProGrad's word-count split (see above).
+            split_by_words: ProGrad's released word-count split (default); False: one vector per BPE token.
             kwargs: other `ProGradCoOpConfig` fields (`lambda_`, `temperature`, ...).
         """
         if not teacher_template.endswith(" {}."):
@@ -109,23 +119,12 @@ class ProGradCoOpConfig(CoOpConfig):
                 f"`teacher_template` must end with ' {{}}.' to derive ProGrad's init phrase, got {teacher_template!r}"
             )
         phrase = teacher_template[: -len(" {}.")].strip()
-        frozen_suffix = None
-        if split_by_words:
-            ids = clip_token_ids(phrase)
-            k = len(phrase.split())
-            if k < len(ids):
-                tokenizer = clip_tokenizer()
-                learned, frozen = tokenizer.decode(ids[:k]).strip(), tokenizer.decode(ids[k:]).strip()
-                # decoding BPE puts spaces around punctuation; check it encodes back to the same tokens
-                if clip_token_ids(learned) != ids[:k] or clip_token_ids(frozen) != ids[k:]:
-                    raise ValueError(f"cannot split the phrase {phrase!r} of `teacher_template` at word {k}")
-                phrase, frozen_suffix = learned, frozen
         return cls(
             n_ctx=n_ctx,
             ctx_init=phrase or None,
+            ctx_init_split="words" if split_by_words else "tokens",
             pad_ctx_init=True,
             teacher_template=teacher_template,
-            frozen_suffix=frozen_suffix,
             **kwargs,
         )
 
