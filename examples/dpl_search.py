@@ -13,7 +13,9 @@
 Writes `<output_dir>/found.json` (a `DeepPromptConfig(mode="prefix")` with the per-layer argmax lengths),
 `alphas.json` (softmaxed alpha per tower), `supernet/` (the searched adapter) and `checkpoint-<step>/`.
 
-DPL stage 2: train fresh prompts of the found lengths with the normal loop (optionally distilling zero-shot CLIP):
+DPL stage 2: train fresh prompts of the found lengths with the normal loop (optionally distilling zero-shot CLIP).
+As released, the text input is the template ensemble (`CTX_INIT "ensemble"`: token embeddings averaged over the 60
+ImageNet templates); `--subnet_text_input template` writes a found.json that feeds the dataset's template instead:
 
     accelerate launch examples/train.py --method dpl --config runs/dpl_dtd/found.json --dataset dtd --data_dir /data \
         [--kd_weight 1.0 --kd_temperature 1.0]

@@ -85,6 +85,7 @@ def test_exported_config_loads_trains_and_saves(tmp_path):
 
     config = PeftConfig.from_peft_type(**json.loads(found.read_text()))
     assert isinstance(config, DeepPromptConfig) and config.mode == "prefix"
+    assert config.text_input == "ensemble"  # the released training stage's CTX_INIT "ensemble"
     assert (found.parent / FOUND_FILE) == found
 
     torch.manual_seed(0)
@@ -104,7 +105,8 @@ def test_exported_config_loads_trains_and_saves(tmp_path):
 
     model.save_pretrained(tmp_path / "trained")
     reloaded = PeftModel.from_pretrained(tiny_clip(), tmp_path / "trained")
-    ids, images = token_ids(), pixels(2)
+    texts = config.prompt_texts(["cat", "dog"], "{}")  # the ensemble's text: the last template
+    ids, images = tokenizer()(texts, padding=True, return_tensors="pt")["input_ids"], pixels(2)
     torch.testing.assert_close(
         reloaded(input_ids=ids, pixel_values=images).logits_per_image,
         model(input_ids=ids, pixel_values=images).logits_per_image,

@@ -289,3 +289,41 @@ def test_dpl_accepts_class_names_with_the_placeholder_token(stage):
     ids = clf.tokenize(clf.prompts(config), config)
     assert ids[0, : 5 + len(X_RAY) + 2].tolist() == [SOS, 320, 1125, 539, 320, *X_RAY, PERIOD, EOS]
     assert torch.isfinite(clf(pixels())).all()
+
+
+# -- 6. DPL's training-stage text input: the 60-template token-embedding ensemble -------------------------------
+def test_dpl_ensemble_text_input_matches_the_released_average():
+    """Released CTX_INIT "ensemble": per class, `clip.tokenize` every template (SOS ... EOT, zero padded to 77),
+    average the token embeddings position-wise, run the text tower, pool at the EOT of the last template."""
+    from peft_vlprompt.data.templates import IMAGENET_TEMPLATES_60
+
+    names = ["golden_retriever", "x-ray", "cat"]
+    config = DeepPromptConfig(mode="prefix", vision_lengths=[1, 0], text_input="ensemble")
+    model = get_peft_model(tiny_clip(), config)
+    clf = PromptClassifier(model, tokenizer(), names).eval()
+    base = tiny_clip()
+    emb = base.text_model.embeddings.token_embedding.weight.detach()
+    hand = []
+    for name in names:
+        rows = []
+        for template in IMAGENET_TEMPLATES_60:
+            ids = [SOS, *ids_of(template.format(name.replace("_", " "))), EOS]
+            rows.append(ids + [0] * (77 - len(ids)))
+        tokens = torch.tensor(rows)  # (60, 77), as clip.tokenize pads
+        average = emb[tokens].mean(0)
+        eot = int(tokens[-1].argmax())  # the EOT (largest id) of the last template
+        hand.append(text_feature(base, average, eot_position=eot))
+    torch.testing.assert_close(clf.text_features(), normalize(torch.stack(hand)), atol=1e-5, rtol=0)
+    assert clf.prompts(config)[0] == "itap of the golden retriever."  # the last of the 60 templates
+
+
+def test_dpl_ensemble_is_the_default_of_the_search_flow_and_an_explicit_option():
+    from peft_vlprompt.dpl.run import DPLRunArguments, parse_args
+
+    assert DPLRunArguments().subnet_text_input == "ensemble"
+    assert parse_args(["--subnet_text_input", "template"])[0].subnet_text_input == "template"
+    with pytest.raises(ValueError, match="`subnet_text_input` must be one of"):
+        DPLRunArguments(subnet_text_input="mean")
+    assert DeepPromptConfig(mode="prefix", vision_lengths=[1, 0]).text_input == "template"
+    with pytest.raises(ValueError, match="`text_input='ensemble'` replaces the text template"):
+        DeepPromptConfig(text_lengths=[2, 0], text_input="ensemble")

@@ -28,7 +28,9 @@ def alpha_summary(model: nn.Module, adapter_name: str = "default") -> dict:
 def found_config(model: nn.Module, adapter_name: str = "default", **deep_prompt_kwargs):
     """The found architecture as a `DeepPromptConfig(mode="prefix", ...)` with fresh prompts to be trained.
 
-    `deep_prompt_kwargs` set other `DeepPromptConfig` fields (e.g. the prompt initialisation).
+    `deep_prompt_kwargs` set other `DeepPromptConfig` fields (e.g. the prompt initialisation). The text input is the
+    released training stage's template ensemble (`text_input="ensemble"`) unless they set `text_input` or
+    `text_template`.
     """
     from ..tuners.deep_prompt import DeepPromptConfig
 
@@ -38,6 +40,8 @@ def found_config(model: nn.Module, adapter_name: str = "default", **deep_prompt_
             "the search chose length 0 in every layer of both towers, i.e. zero-shot CLIP: there is nothing to "
             f"train (alpha: {alpha_summary(model, adapter_name)['alpha_softmax']})"
         )
+    if "text_template" not in deep_prompt_kwargs:
+        deep_prompt_kwargs.setdefault("text_input", "ensemble")  # DPL's released CTX_INIT "ensemble"
     return DeepPromptConfig(
         mode="prefix", text_lengths=lengths["text"], vision_lengths=lengths["vision"], **deep_prompt_kwargs
     )

@@ -15,6 +15,7 @@ from peft import get_peft_model
 from transformers import HfArgumentParser
 
 from ..classifier import PromptClassifier
+from ..tuners.deep_prompt.config import TEXT_INPUTS
 from ..tuners.dpl import DPLSearchConfig
 from .export import save_search_result
 from .search import DPLSearch, DPLSearchArguments
@@ -55,12 +56,23 @@ class DPLRunArguments:
     mixing: str = field(default="efficient", metadata={"help": "'efficient' or 'naive' candidate mixing."})
     # -- the found configuration ----------------------------------------------------------------------------------
     subnet_init_std: float = field(default=0.02, metadata={"help": "init_std of the found config's fresh prompts."})
+    subnet_text_input: str = field(
+        default="ensemble",
+        metadata={
+            "help": "Text input of the training stage written into found.json: 'ensemble' (released DPL, CTX_INIT "
+            "'ensemble': token embeddings averaged over the 60 ImageNet templates) or 'template' (the dataset's "
+            "template only).",
+            "choices": TEXT_INPUTS,
+        },
+    )
 
     def __post_init__(self):
         if self.subsample not in SUBSAMPLES:
             raise ValueError(f"`subsample` must be one of {SUBSAMPLES}, got {self.subsample!r}")
         if self.shots != -1 and self.shots < 1:
             raise ValueError(f"`shots` must be >= 1 or -1 (all images), got {self.shots}")
+        if self.subnet_text_input not in TEXT_INPUTS:
+            raise ValueError(f"`subnet_text_input` must be one of {TEXT_INPUTS}, got {self.subnet_text_input!r}")
 
     def search_config(self) -> DPLSearchConfig:
         return DPLSearchConfig(
@@ -123,7 +135,9 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"steps": search.global_step, "epochs_done": search.epoch}
     if accelerator.is_main_process:
         out = Path(run_args.output_dir)
-        found, alphas = save_search_result(model, out, init_std=run_args.subnet_init_std)
+        found, alphas = save_search_result(
+            model, out, init_std=run_args.subnet_init_std, text_input=run_args.subnet_text_input
+        )
         model.save_pretrained(out / "supernet")
         summary = json.loads(alphas.read_text())
         result |= {"found": str(found), "alphas": str(alphas), "chosen_lengths": summary["chosen_lengths"]}

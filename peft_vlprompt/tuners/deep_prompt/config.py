@@ -9,6 +9,7 @@ from ..base import VLPromptConfig
 from ..tokens import PLACEHOLDER_TOKEN, PLACEHOLDER_TOKEN_ID, class_text, clip_token_ids
 
 MODES = ("replace", "prefix")
+TEXT_INPUTS = ("template", "ensemble")
 COUPLINGS = ("none", "maple")
 TOWERS = ("text", "vision")
 
@@ -88,6 +89,10 @@ class DeepPromptConfig(VLPromptConfig):
             and 2 slots the learned vectors replace "a photo" and "of a" stays a frozen token before the class name.
         text_template (`str`, *optional*): the text fed when the text tower has no replace-mode slots (vision-only
             prompting, prefix mode), e.g. VPT's fixed `"a photo of a {}."`; defaults to the classifier's template.
+        text_input (`str`, defaults to `"template"`): without replace-mode text slots, `"ensemble"` feeds DPL's
+            released training-stage input (`CTX_INIT "ensemble"`): each class's token embeddings averaged
+            position-wise over the 60 ImageNet templates, pooled at the EOT of the last one
+            (`peft_vlprompt.tuners.dpl.ensemble`). `examples/dpl_search.py` writes it into `found.json`.
 
     Example:
         >>> from peft_vlprompt import DeepPromptConfig
@@ -120,6 +125,14 @@ class DeepPromptConfig(VLPromptConfig):
     placeholder_token_id: int = field(
         default=PLACEHOLDER_TOKEN_ID, metadata={"help": f"Token id of the filler {PLACEHOLDER_TOKEN!r} in the slots."}
     )
+    text_input: str = field(
+        default="template",
+        metadata={
+            "choices": TEXT_INPUTS,
+            "help": "Without text slots: 'template' or 'ensemble' (DPL's released training input: token embeddings "
+            "averaged over the 60 ImageNet templates).",
+        },
+    )
 
     method_name = "deep_prompt"
 
@@ -135,6 +148,14 @@ class DeepPromptConfig(VLPromptConfig):
             raise ValueError(f"`init_std` must be > 0, got {self.init_std!r}")
         if self.text_template is not None and "{}" not in self.text_template:
             raise ValueError(f"`text_template` must contain '{{}}' for the class name, got {self.text_template!r}")
+        if self.text_input not in TEXT_INPUTS:
+            raise ValueError(f"`text_input` must be one of {TEXT_INPUTS}, got {self.text_input!r}")
+        if self.text_input == "ensemble" and (self.text_slots or self.text_template is not None):
+            raise ValueError(
+                "`text_input='ensemble'` replaces the text template, so it needs no replace-mode text prompts and no "
+                f"`text_template`; got `mode`={self.mode!r}, `text_lengths`={self.text_lengths}, "
+                f"`text_template`={self.text_template!r}"
+            )
         if self.coupling == "maple":
             if not any(self.text_lengths or ()):
                 raise ValueError("`coupling='maple'` projects text prompts into the vision tower; set `text_lengths`")
@@ -231,11 +252,16 @@ class DeepPromptConfig(VLPromptConfig):
         return ClipBackbone.text_layer(index) if tower == "text" else ClipBackbone.vision_layer(index)
 
     def target_module_names(self, backbone: ClipBackbone) -> list[str]:
-        return list(self.layer_specs(backbone))
+        ensemble = [TOKEN_EMBEDDING] if self.text_input == "ensemble" else []  # `tuners.dpl.ensemble`
+        return list(self.layer_specs(backbone)) + ensemble
 
     # -- text fed to the text tower -------------------------------------------------------------------------------
     def prompt_texts(self, classnames: list[str], template: str) -> list[str]:
         names = [class_text(name) for name in classnames]
+        if self.text_input == "ensemble":  # the last template: its ids carry the class tokens and the pooled EOT
+            from ..dpl.ensemble import ensemble_templates
+
+            return [ensemble_templates()[-1].format(name) for name in names]
         if not self.text_slots:
             return [(self.text_template or template).format(name) for name in names]
         prefix = self.ctx_init or " ".join([PLACEHOLDER_TOKEN] * self.text_slots)

@@ -3,6 +3,7 @@
 from torch import nn
 
 from ...backbones import ClipBackbone, unwrap_clip
+from ...backbones.clip import TOKEN_EMBEDDING
 from ..base import VLPromptLayer, VLPromptTuner
 from .config import DeepPromptConfig
 from .layer import DeepPromptLayer, DeepTextLayer, DeepVisionLayer, TextContextEmbedding, VisionPromptEmbeddings
@@ -39,6 +40,10 @@ class DeepPromptModel(VLPromptTuner):
     prefix = "deep_"
 
     def wrapper_for(self, config: DeepPromptConfig, key: str) -> type[VLPromptLayer]:
+        if config.text_input == "ensemble" and key == TOKEN_EMBEDDING:
+            from ..dpl.ensemble import EnsembleTextEmbedding
+
+            return EnsembleTextEmbedding
         spec = config.layer_specs(self._backbone)[key]
         return WRAPPERS[spec.kind, spec.tower]
 
