@@ -1,20 +1,34 @@
-"""Command-line arguments of `examples/train.py` (a dataclass for `transformers.HfArgumentParser`).
+"""Command-line arguments of `examples/train.py`, their one validation and their one precedence.
 
-Hyperparameters left unset (`None`) come from the method's preset (`presets.py`, the papers' values); a flag given
-on the command line always wins. `DEFAULT_RUN` is the one place that defines what a bare `python examples/train.py`
-does: ProGrad-CoOp on the toy world's base-to-new task with the shipped toy CLIP. Flags that do not choose another
-experiment (`--output_dir`, `--max_train_steps`, `--seed`, ...) change the default run rather than leaving it.
+Every value, whatever its source, goes through the same checks (`TrainArguments.__post_init__`: the field's type and
+range from its annotation and metadata, then the rules spanning fields). Precedence, highest first:
+
+    command line  >  `--config` file  >  method preset (num_epochs / lr / batch_size / adapter)  >  default
+
+`DEFAULT_RUN` is what a bare `python examples/train.py` does: ProGrad-CoOp on the toy world's base-to-new task with
+the shipped toy CLIP. It applies while no flag chooses another experiment (`--method`/`--dataset` with another value
+than the default run's, or `--config`); its entries then stand in for command-line values, and the flags given
+override them. Standard library only (no torch): the example parses and validates before the heavy imports.
 """
 
+import argparse
+import difflib
 import json
-from dataclasses import dataclass, field
+import logging
+import os
+import re
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
 
-from transformers import HfArgumentParser
-
+from .._validation import FieldTypeError, base_and_optional, check_fields, check_known_keys, check_value
 from .schedule import GRANULARITIES
+
+logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("few_shot", "base2new", "cross_dataset", "domain_generalization")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+COMMAND_LINE, CONFIG_FILE, DEFAULT_RUN_SOURCE, PRESET = "command line", "config file", "default run", "preset"
 
 # The embedded default run (no command-line arguments): ProGrad-CoOp on the toy world's base-to-new task with the
 # shipped toy CLIP, about 1-2 min on 2 CPU cores. The task is `toy_objects_night`, the domain the toy CLIP never saw
@@ -36,6 +50,18 @@ DEFAULT_RUN: dict[str, str | int | float] = {
     "output_dir": "runs/toy_prograd_base2new_night",
     "torch_threads": 1,  # the toy CLIP's matrices are tiny: more threads only add synchronisation
 }
+# Flags that choose an experiment of their own (when their value differs from the default run's)
+EXPERIMENT_FLAGS = ("method", "dataset", "config")
+
+
+def _f(default=None, help: str = "", shown: str | None = None, **rules):
+    """A field with its help, the default shown in `--help` (`shown`, else the value) and validation `rules`."""
+    meta = {"help": help, **rules}
+    if shown is not None:
+        meta["shown"] = shown
+    if callable(default) and not isinstance(default, str):
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -43,202 +69,167 @@ class TrainArguments:
     """Arguments of one training (or zero-shot evaluation) run. Every field is a `--flag` of `examples/train.py`."""
 
     # -- what to train ---------------------------------------------------------------------------------------------
-    method: str | None = field(
-        default=None,
-        metadata={
-            "help": f"Method preset (default: {DEFAULT_RUN['method']}, or the type of --config): coop, cocoop, prograd, kgcoop, ivlp, vpt, deep_language, maple, promptsrc, "
-            "restore, dpl, deep_prompt or zeroshot (evaluation only). Methods whose config class is not installed "
-            "are listed in the error. The preset sets the adapter config and epochs/lr/batch size of the paper."
-        },
+    method: str | None = _f(
+        None,
+        "Method: coop, cocoop, prograd, kgcoop, ivlp, vpt, deep_language, maple, promptsrc, "
+        "restore, dpl, deep_prompt or zeroshot (evaluation only). Its preset sets the adapter and "
+        "the epochs/lr/batch size of the paper.",
+        shown="the type of --config, else prograd",
     )
-    config: str | None = field(
-        default=None,
-        metadata={
-            "help": "JSON adapter config replacing the preset's adapter (a peft `adapter_config.json`, a folder "
-            "holding one, or DPL's exported `found.json`). A JSON object with an `adapter_config` key may also set "
-            "training arguments (e.g. `num_epochs`) next to it; command-line flags still win."
-        },
+    config: str | None = _f(
+        None,
+        "JSON adapter config replacing the preset's adapter (a peft `adapter_config.json`, a "
+        "folder holding one, or DPL's exported `found.json`). A JSON object with an "
+        "`adapter_config` key may also set training arguments next to it; command-line flags win.",
     )
-    adapter_kwargs: str | None = field(
-        default=None,
-        metadata={"help": "JSON object of adapter-config fields that override the preset, e.g. '{\"n_ctx\": 8}'."},
+    adapter_kwargs: str | None = _f(
+        None,
+        "JSON object of adapter-config fields that override the preset's or the "
+        "--config file's, e.g. '{\"n_ctx\": 8}'.",
     )
     # -- data ------------------------------------------------------------------------------------------------------
-    dataset: str = field(
-        default=str(DEFAULT_RUN["dataset"]),
-        metadata={"help": "Registered dataset name (see `peft_vlprompt.data.DATASET_SPECS`), e.g. oxford_pets."},
+    dataset: str = _f(
+        str(DEFAULT_RUN["dataset"]),
+        "Registered dataset name (see `peft_vlprompt.data.DATASET_SPECS`), e.g. oxford_pets.",
     )
-    data_dir: str | None = field(
-        default=None, metadata={"help": "Root folder holding the dataset folders (CoOp's DATASET.ROOT)."}
+    data_dir: str | None = _f(
+        None, "Root folder holding the dataset folders (CoOp's DATASET.ROOT).", shown="none (toy datasets need none)"
     )
-    template: str | None = field(
-        default=None,
-        metadata={
-            "help": "Hand-crafted prompt for zero-shot CLIP and the methods' teachers: a template table name "
-            "(coop, prograd, kgcoop) or a format string with one '{}'. Default: the preset's table, else the "
-            "dataset's CoOp template."
-        },
+    template: str | None = _f(
+        None,
+        "Hand-crafted prompt for zero-shot CLIP and the methods' teachers: a template "
+        "table name (coop, prograd, kgcoop) or a format string with one '{}'.",
+        shown="the preset's table, else the dataset's CoOp template",
     )
-    shots: int = field(default=16, metadata={"help": "Training images per class (-1 for all)."})
-    seed: int = field(default=1, metadata={"help": "Run seed (few-shot sampling, initialisation, data order)."})
-    protocol: str = field(
-        default="base2new",
-        metadata={"help": f"Evaluation protocol, one of {', '.join(PROTOCOLS)}.", "choices": PROTOCOLS},
+    shots: int = _f(
+        16,
+        "Training images per class (-1 for all). A class with fewer images uses all it has; the "
+        "results record the counts.",
     )
-    eval_datasets: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "Target datasets for cross_dataset / domain_generalization (default for imagenet: the 10 "
-            "other datasets / the four ImageNet variants)."
-        },
+    seed: int = _f(1, "Run seed (few-shot sampling, initialisation, data order).", min=0, max=2**32 - 1)
+    protocol: str = _f("base2new", f"Evaluation protocol, one of {', '.join(PROTOCOLS)}.", choices=PROTOCOLS)
+    eval_datasets: list[str] | None = _f(
+        None,
+        "Target datasets for cross_dataset / domain_generalization.",
+        shown="for imagenet: the 10 other datasets / the four ImageNet variants",
     )
-    train_crop_scale: list[float] = field(
-        default_factory=lambda: [0.08, 1.0],
-        metadata={"help": "Area range of the training random resized crop (CoOp and successors: 0.08 1.0)."},
+    train_crop_scale: list[float] = _f(
+        lambda: [0.08, 1.0],
+        "Area range (min max) of the training random resized crop (CoOp and successors: 0.08 1.0).",
+        shown="0.08 1.0",
     )
     # -- model -----------------------------------------------------------------------------------------------------
-    model: str | None = field(
-        default=None,
-        metadata={
-            "help": "CLIP checkpoint: local folder or Hub id (e.g. openai/clip-vit-base-patch16). Default: the toy "
-            "CLIP shipped in peft_vlprompt/toy/toy_clip."
-        },
+    model: str | None = _f(
+        None,
+        "CLIP checkpoint: local folder or Hub id (e.g. openai/clip-vit-base-patch16).",
+        shown="the toy CLIP shipped in peft_vlprompt/toy/toy_clip",
     )
     # -- optimisation ----------------------------------------------------------------------------------------------
-    num_epochs: int | None = field(default=None, metadata={"help": "Training epochs (default: preset)."})
-    lr: float | None = field(default=None, metadata={"help": "Peak SGD learning rate (default: preset)."})
-    batch_size: int | None = field(
-        default=None, metadata={"help": "Training batch size per device (default: preset, the papers' batch)."}
+    num_epochs: int | None = _f(None, "Training epochs.", shown="the method's preset", min=1)
+    lr: float | None = _f(None, "Peak SGD learning rate.", shown="the method's preset", gt=0)
+    batch_size: int | None = _f(
+        None, "Training batch size per device.", shown="the method's preset (the papers' batch)", min=1
     )
-    eval_batch_size: int = field(default=100, metadata={"help": "Evaluation batch size per device."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum (Dassl default)."})
-    weight_decay: float = field(default=5e-4, metadata={"help": "SGD weight decay (Dassl default)."})
-    warmup_epochs: int = field(default=1, metadata={"help": "Constant warm-up epochs before the cosine (Dassl: 1)."})
-    warmup_lr: float = field(default=1e-5, metadata={"help": "Learning rate of the warm-up epochs (Dassl: 1e-5)."})
-    lr_granularity: str = field(
-        default="epoch",
-        metadata={
-            "help": "'epoch': the cosine is stepped once per epoch as in Dassl; 'step': same curve, per iteration.",
-            "choices": GRANULARITIES,
-        },
+    eval_batch_size: int = _f(100, "Evaluation batch size per device.", min=1)
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.", min=1)
+    momentum: float = _f(0.9, "SGD momentum (Dassl default).", min=0, max=1)
+    weight_decay: float = _f(5e-4, "SGD weight decay (Dassl default).", min=0)
+    warmup_epochs: int = _f(1, "Constant warm-up epochs before the cosine (Dassl: 1).", min=0)
+    warmup_lr: float = _f(1e-5, "Learning rate of the warm-up epochs (Dassl: 1e-5).", min=0)
+    lr_granularity: str = _f(
+        "epoch",
+        "'epoch': the cosine is stepped once per epoch as in Dassl; 'step': same curve, per iteration.",
+        choices=GRANULARITIES,
     )
-    max_grad_norm: float | None = field(
-        default=None, metadata={"help": "Clip the gradient norm to this value (papers: no clipping)."}
+    max_grad_norm: float | None = _f(None, "Clip the gradient norm to this value.", shown="no clipping (papers)", gt=0)
+    max_train_steps: int | None = _f(
+        None,
+        "Stop after this many optimizer steps (quick runs, or ending a run at a "
+        "checkpoint). The learning-rate schedule still spans --num_epochs, so resuming "
+        "the stopped run gives the full run.",
+        shown="all epochs",
+        min=1,
     )
-    max_train_steps: int | None = field(
-        default=None,
-        metadata={
-            "help": "Stop after this many optimizer steps (quick runs, or ending a run at a checkpoint). The "
-            "learning-rate schedule still spans --num_epochs, so resuming the stopped run gives the full run."
-        },
+    mixed_precision: str | None = _f(
+        None,
+        "no / bf16 / fp16 (fp16 needs a GPU).",
+        shown="the `accelerate launch` configuration",
+        choices=MIXED_PRECISION,
     )
-    mixed_precision: str | None = field(
-        default=None,
-        metadata={
-            "help": "no / bf16 / fp16 (fp16 needs a GPU); default: the `accelerate launch` configuration.",
-            "choices": MIXED_PRECISION,
-        },
+    torch_threads: int | None = _f(
+        None,
+        "torch intra-op CPU threads. Tiny models such as the toy CLIP run fastest "
+        "with 1, and a busy machine can make more threads much slower.",
+        shown="torch's choice",
+        min=1,
     )
-    torch_threads: int | None = field(
-        default=None,
-        metadata={
-            "help": "torch intra-op CPU threads (default: torch's choice). Tiny models such as the toy CLIP run "
-            "fastest with 1, and a busy machine can make more threads much slower."
-        },
-    )
-    cpu: bool = field(
-        default=False,
-        metadata={
-            "help": "Run on CPU even when a GPU is present. A multi-process launch on a machine without a GPU "
-            "(e.g. `accelerate launch --multi_gpu --num_processes 2`) uses CPU + gloo automatically."
-        },
+    cpu: bool = _f(
+        False,
+        "Run on CPU even when a GPU is present. A multi-process launch on a machine without a GPU "
+        "(e.g. `accelerate launch --multi_gpu --num_processes 2`) uses CPU + gloo automatically.",
     )
     # -- method-specific -------------------------------------------------------------------------------------------
-    kd_weight: float | None = field(
-        default=None,
-        metadata={
-            "help": "Weight of the distillation term to zero-shot CLIP for methods that support one (dpl, "
-            "deep_prompt); default 0 (DPL's released training multiplies it by 0)."
-        },
+    kd_weight: float | None = _f(
+        None,
+        "Weight of the distillation term to zero-shot CLIP for methods that support one (dpl, deep_prompt).",
+        shown="0 (DPL's released training multiplies it by 0)",
+        min=0,
     )
-    kd_temperature: float = field(default=1.0, metadata={"help": "Temperature of that distillation term."})
+    kd_temperature: float = _f(1.0, "Temperature of that distillation term.", gt=0)
     # -- doing less work -------------------------------------------------------------------------------------------
-    cache_image_features: bool = field(
-        default=False,
-        metadata={
-            "help": "Encode --num_views augmented views of every training image once with the frozen image tower "
-            "and train on the cached features (only for methods that do not prompt the image tower). Epoch e uses "
-            "view e mod num_views; with num_views >= num_epochs the numbers equal the uncached run."
-        },
+    cache_image_features: bool = _f(
+        False,
+        "Encode --num_views augmented views of every training image once with the "
+        "frozen image tower and train on the cached features (only for methods that do "
+        "not prompt the image tower). Epoch e uses view e mod num_views; with num_views "
+        ">= num_epochs the numbers equal the uncached run.",
     )
-    num_views: int = field(default=4, metadata={"help": "Augmented views per image cached by --cache_image_features."})
-    class_chunk_size: int = field(default=256, metadata={"help": "Classes per text-encoder call (memory bound)."})
-    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
-    eval_zero_shot: bool = field(
-        default=True, metadata={"help": "Also evaluate zero-shot CLIP (adapters disabled) on every test split."}
+    num_views: int = _f(4, "Augmented views per image cached by --cache_image_features.", min=1)
+    class_chunk_size: int = _f(256, "Classes per text-encoder call (memory bound).", min=1)
+    dataloader_num_workers: int = _f(0, "DataLoader worker processes.", min=0)
+    eval_zero_shot: bool = _f(
+        True,
+        "Also evaluate zero-shot CLIP (adapters disabled) on every test split.",
+        no_help="Skip the zero-shot CLIP evaluation (same as --eval_zero_shot false).",
     )
     # -- output, checkpoints ---------------------------------------------------------------------------------------
-    output_dir: str | None = field(
-        default=None,
-        metadata={"help": "Where the adapter, checkpoints and all_results.json go (default: runs/<method>_...)."},
+    output_dir: str | None = _f(
+        None,
+        "Where the adapter, checkpoints and all_results.json go.",
+        shown="runs/<method>_<dataset>_<protocol>_<shots>shots_seed<seed>",
     )
-    checkpointing_steps: str | None = field(
-        default=None,
-        metadata={"help": "Save a resumable checkpoint every N optimizer steps (an integer) or every 'epoch'."},
+    checkpointing_steps: str | None = _f(
+        None,
+        "Save a resumable checkpoint every N optimizer steps (an integer) or every 'epoch'.",
+        shown="no checkpoints",
     )
-    checkpoints_total_limit: int | None = field(
-        default=None, metadata={"help": "Keep only the newest N checkpoints (older ones are deleted)."}
+    checkpoints_total_limit: int | None = _f(
+        None, "Keep only the newest N checkpoints (older ones are deleted).", shown="keep all", min=1
     )
-    resume_from_checkpoint: str | None = field(
-        default=None,
-        metadata={"help": "Checkpoint folder to resume from, or 'latest' for the newest in <output_dir>/checkpoints."},
+    resume_from_checkpoint: str | None = _f(
+        None,
+        "Checkpoint folder to resume from, or 'latest' for the newest in "
+        "<output_dir>/checkpoints. The run's arguments must equal the "
+        "checkpoint's.",
     )
     # -- tracking, Hub ---------------------------------------------------------------------------------------------
-    with_tracking: bool = field(default=False, metadata={"help": "Log metrics to the installed trackers."})
-    report_to: str = field(
-        default="all", metadata={"help": "Tracker(s) for --with_tracking: 'all', or e.g. 'tensorboard', 'wandb'."}
-    )
-    logging_steps: int = field(default=10, metadata={"help": "Log the loss terms every N optimizer steps."})
-    push_to_hub: bool = field(default=False, metadata={"help": "Upload the trained adapter and its model card."})
-    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository for --push_to_hub (user/name)."})
-    hub_private: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
+    with_tracking: bool = _f(False, "Log metrics to the installed trackers.")
+    report_to: str = _f("all", "Tracker(s) for --with_tracking: 'all', or e.g. 'tensorboard', 'wandb'.")
+    logging_steps: int = _f(10, "Log the loss terms every N optimizer steps.", min=1)
+    push_to_hub: bool = _f(False, "Upload the trained adapter and its model card.")
+    hub_model_id: str | None = _f(None, "Hub repository for --push_to_hub (user/name).")
+    hub_private: bool = _f(False, "Create the Hub repository as private.")
+    # where each value came from (`COMMAND_LINE`, `CONFIG_FILE`, `DEFAULT_RUN_SOURCE`, `PRESET`); unset: the default
+    sources: dict = field(default_factory=dict, metadata={"cli": False, "validate": False, "help": "Value sources."})
 
     def __post_init__(self):
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"`protocol` must be one of {PROTOCOLS}, got {self.protocol!r}")
-        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"`mixed_precision` must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
-        if self.lr_granularity not in GRANULARITIES:
-            raise ValueError(f"`lr_granularity` must be one of {GRANULARITIES}, got {self.lr_granularity!r}")
+        check_fields(self)
         if self.shots != -1 and self.shots < 1:
             raise ValueError(f"`shots` must be >= 1 or -1 (all images), got {self.shots}")
-        for name in ("num_epochs", "batch_size", "max_train_steps", "checkpoints_total_limit"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {value}")
-        for name in ("eval_batch_size", "gradient_accumulation_steps", "num_views", "class_chunk_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
         scale = self.train_crop_scale
         if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-            raise ValueError(f"`train_crop_scale` must be two numbers 0 < min <= max <= 1, got {scale}")
-        if self.logging_steps < 1:
-            raise ValueError(f"`logging_steps` must be >= 1, got {self.logging_steps}")
-        if self.torch_threads is not None and self.torch_threads < 1:
-            raise ValueError(f"`torch_threads` must be >= 1, got {self.torch_threads}")
-        if self.dataloader_num_workers < 0:
-            raise ValueError(f"`dataloader_num_workers` must be >= 0, got {self.dataloader_num_workers}")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"`lr` must be > 0, got {self.lr}")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"`warmup_epochs` must be >= 0, got {self.warmup_epochs}")
-        if self.kd_weight is not None and self.kd_weight < 0:
-            raise ValueError(f"`kd_weight` must be >= 0, got {self.kd_weight}")
-        if self.kd_temperature <= 0:
-            raise ValueError(f"`kd_temperature` must be > 0, got {self.kd_temperature}")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ValueError(f"`max_grad_norm` must be > 0, got {self.max_grad_norm}")
+            raise ValueError(f"`train_crop_scale` must be two numbers 0 < min <= max <= 1, got {list(scale)}")
+        self.train_crop_scale = [float(v) for v in scale]
         if self.checkpointing_steps is not None and self.checkpointing_steps != "epoch":
             if not str(self.checkpointing_steps).isdigit() or int(self.checkpointing_steps) < 1:
                 raise ValueError(
@@ -268,6 +259,92 @@ class TrainArguments:
     def adapter_overrides(self) -> dict:
         return {} if self.adapter_kwargs is None else json.loads(self.adapter_kwargs)
 
+    def explicit(self) -> set[str]:
+        """Fields the user set: on the command line, or (built in Python) to something else than the default."""
+        if self.sources:
+            return {k for k, source in self.sources.items() if source == COMMAND_LINE}
+        return {f.name for f in cli_fields() if getattr(self, f.name) != _default_of(f)}
+
+
+def _default_of(f):
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+def cli_fields():
+    return [f for f in fields(TrainArguments) if f.metadata.get("cli", True)]
+
+
+# -- the command line ----------------------------------------------------------------------------------------------
+def _to_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "y"):
+        return True
+    if value in ("false", "0", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _shown_default(f) -> str:
+    if "shown" in f.metadata:
+        shown = f.metadata["shown"]
+    else:
+        value = f.default_factory() if callable(f.default_factory) else f.default
+        shown = str(value).lower() if isinstance(value, bool) else ("not set" if value is None else str(value))
+    if f.name in DEFAULT_RUN and str(DEFAULT_RUN[f.name]) != shown:
+        shown += f"; bare run: {DEFAULT_RUN[f.name]}"
+    return shown
+
+
+_METAVARS = {int: "N", float: "X", str: "TEXT"}
+
+
+def _adder(parser: argparse.ArgumentParser, name: str):
+    """`add_argument` for `--name`, also accepting `--name-with-dashes` (kept out of `--help`)."""
+
+    def add(**kwargs):
+        parser.add_argument(f"--{name}", **kwargs)
+        if "_" in name:
+            parser.add_argument(f"--{name.replace('_', '-')}", **(kwargs | {"help": argparse.SUPPRESS}))
+
+    return add
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """argparse for `TrainArguments`: every flag defaults to "not given", so the given ones are known exactly."""
+    parser = argparse.ArgumentParser(
+        prog="examples/train.py",
+        description="Train (or evaluate zero-shot) a CLIP prompt-learning method. Precedence of every value: command "
+        "line > --config file > method preset > default. Without --method/--dataset/--config (or with the default "
+        "run's own values) the run is the embedded default run: "
+        + ", ".join(f"--{k} {v}" for k, v in DEFAULT_RUN.items())
+        + "; flags given change it.",
+        argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,
+    )
+    hints = typing.get_type_hints(TrainArguments)
+    for f in cli_fields():
+        base, _ = base_and_optional(hints[f.name])
+        help_text = f"{f.metadata['help']} (default: {_shown_default(f)})"
+        add = _adder(parser, f.name)
+        kwargs = {"dest": f.name}
+        if "choices" in f.metadata:
+            kwargs["choices"] = list(f.metadata["choices"])
+        if base is bool:
+            add(nargs="?", const=True, type=_to_bool, metavar="true|false", help=help_text, **kwargs)
+            if f.default is True:
+                no_help = f.metadata.get("no_help", f"Same as --{f.name} false.")
+                parser.add_argument(f"--no_{f.name}", dest=f.name, action="store_false", help=no_help)
+        elif typing.get_origin(base) is list:
+            (item,) = typing.get_args(base)
+            add(nargs="+", type=item, metavar=_METAVARS.get(item, "VALUE"), help=help_text, **kwargs)
+        else:
+            add(type=base, metavar=None if "choices" in kwargs else _METAVARS.get(base), help=help_text, **kwargs)
+    return parser
+
+
+def _chooses_experiment(given: dict) -> bool:
+    return any(k in given and given[k] != DEFAULT_RUN.get(k) for k in EXPERIMENT_FLAGS)
+
 
 def default_argv() -> list[str]:
     """`DEFAULT_RUN` as command-line flags."""
@@ -277,23 +354,135 @@ def default_argv() -> list[str]:
     return argv
 
 
-# Flags that choose an experiment of their own; with any of them the method preset, not `DEFAULT_RUN`, sets the rest.
-EXPERIMENT_FLAGS = frozenset({"method", "dataset", "config"})
-
-
-def _chooses_experiment(argv: list[str]) -> bool:
-    given = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
-    return not given.isdisjoint(EXPERIMENT_FLAGS)
-
-
 def parse_args(argv: list[str] | None) -> TrainArguments:
-    """Parse `argv`; unknown flags are an error.
+    """Parse `argv` (unknown flags are an error) into validated `TrainArguments` that know which values were given.
 
-    Without `--method`, `--dataset` or `--config` the run is the embedded `DEFAULT_RUN`, with the given flags
-    overriding its entries (`--output_dir x --seed 2` is the default run with another folder and seed).
+    Without a flag choosing another experiment, the run is the embedded `DEFAULT_RUN` with the given flags overriding
+    its entries (`--output_dir x --seed 2` is the default run with another folder and seed).
     """
-    argv = list(argv or [])
-    if not _chooses_experiment(argv):
-        argv = default_argv() + argv  # argparse keeps the last value of a repeated flag
-    (args,) = HfArgumentParser(TrainArguments).parse_args_into_dataclasses(args=argv)
+    parser = build_parser()
+    given = vars(parser.parse_args(list(argv or [])))
+    values, sources = {}, {}
+    if not _chooses_experiment(given):
+        defaults = vars(parser.parse_args(default_argv()))
+        values.update(defaults)
+        sources.update(dict.fromkeys(defaults, DEFAULT_RUN_SOURCE))
+        kept = sorted(set(defaults) - set(given))
+        logger.info(
+            "running the embedded default run (DEFAULT_RUN, peft_vlprompt/training/args.py): %s%s",
+            ", ".join(f"{k}={defaults[k]}" for k in kept),
+            f"; from the command line: {', '.join(f'{k}={given[k]}' for k in sorted(given))}" if given else "",
+        )
+    values.update(given)
+    sources.update(dict.fromkeys(given, COMMAND_LINE))
+    args = TrainArguments(**values)
+    args.sources = sources
     return args
+
+
+# -- the --config file ----------------------------------------------------------------------------------------------
+def read_config_file(path: str) -> tuple[dict | None, dict]:
+    """`(adapter config dict, training arguments)` of a `--config` JSON file or folder.
+
+    Accepted: a peft `adapter_config.json` (has `peft_type`), a folder holding one, or an object with an
+    `adapter_config` entry (a dict, or a path to such a file) next to training arguments.
+    """
+    file = Path(path).expanduser()
+    if file.is_dir():
+        file = file / "adapter_config.json"
+    if not file.is_file():
+        raise ValueError(f"`config` file {file} does not exist")
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"`config` file {file} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"`config` file {file} must hold a JSON object, got {type(data).__name__}")
+    if "peft_type" in data:
+        return data, {}
+    if "adapter_config" in data:
+        training = {k: v for k, v in data.items() if k != "adapter_config"}
+        adapter = data["adapter_config"]
+        if isinstance(adapter, str):
+            adapter = read_config_file(str(file.parent / adapter))[0]
+        if adapter is not None and (not isinstance(adapter, dict) or "peft_type" not in adapter):
+            raise ValueError(f"`config` file {file}: `adapter_config` must be an adapter config object with a "
+                             f"`peft_type` (or the path of one), got {adapter!r}"[:400])  # fmt: skip
+        return adapter, training
+    typos = {k: difflib.get_close_matches(k, ["peft_type", "adapter_config"], n=1) for k in data}
+    hint = "; ".join(f"{k!r} (did you mean {c[0]!r}?)" for k, c in typos.items() if c)
+    raise ValueError(f"`config` file {file} has neither `peft_type` (an adapter config) nor `adapter_config` (an "
+                     f"adapter config next to training arguments){': ' + hint if hint else ''}")  # fmt: skip
+
+
+def apply_config_file(args: TrainArguments) -> dict | None:
+    """Merge the training arguments of `args.config` under the command line's, validated as every other value.
+
+    Returns the adapter config dict of the file (None without `--config`). Idempotent.
+    """
+    if args.config is None:
+        return None
+    adapter, training = read_config_file(args.config)
+    where = f"`config` file {args.config}"
+    known = {f.name for f in cli_fields()} - {"config"}
+    check_known_keys(training, known, f"{where}: training arguments")
+    if isinstance(training.get("adapter_kwargs"), dict):
+        training["adapter_kwargs"] = json.dumps(training["adapter_kwargs"])
+    hints = typing.get_type_hints(TrainArguments)
+    explicit = args.explicit()
+    values = {f.name: getattr(args, f.name) for f in cli_fields()}
+    sources = dict(args.sources)
+    for key, value in training.items():
+        try:
+            check_value(key, value, hints[key], dict(TrainArguments.__dataclass_fields__[key].metadata))
+        except FieldTypeError as e:
+            raise FieldTypeError(f"{where}: {e}") from None
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        if key in explicit:
+            if value != values[key]:
+                logger.info("--%s %s from the command line overrides %s from %s", key, values[key], value, where)
+            continue
+        values[key], sources[key] = value, CONFIG_FILE
+    try:
+        merged = TrainArguments(**values)
+    except ValueError as e:
+        raise type(e)(f"{e} (after merging {where} under the command line)") from None
+    for f in cli_fields():
+        setattr(args, f.name, getattr(merged, f.name))
+    args.sources = sources
+    return adapter
+
+
+# -- paths, before anything is loaded ------------------------------------------------------------------------------
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def check_model_reference(model: str | None) -> None:
+    """`--model` must be an existing CLIP folder (with its `config.json`) or a well-formed Hub id."""
+    if model is None:
+        return
+    resolved = str(model)  # a Hub-id-shaped name (e.g. the toy CLIP's portable name) is resolved by the loader
+    path = Path(resolved).expanduser()
+    looks_local = path.exists() or path.is_absolute() or resolved.startswith((".", "~")) or resolved.count("/") > 1
+    if looks_local:
+        if not path.is_dir():
+            raise ValueError(f"`model` folder {path} does not exist (give a local CLIP folder saved with "
+                             "`save_pretrained`, or a Hub id such as openai/clip-vit-base-patch16)")  # fmt: skip
+        for name in ("config.json", "preprocessor_config.json"):
+            if not (path / name).is_file():
+                raise ValueError(f"`model` folder {path} has no {name}: save the model and its processor there with "
+                                 "`CLIPModel.save_pretrained` and `CLIPProcessor.save_pretrained`")  # fmt: skip
+    elif not _HUB_ID.match(resolved):
+        raise ValueError(f"`model` {model!r} is neither a local folder nor a Hub id (owner/name, e.g. "
+                         "openai/clip-vit-base-patch16)")  # fmt: skip
+
+
+def check_paths(args: TrainArguments) -> None:
+    """Every file or folder the run reads must exist, checked before any data or model is loaded."""
+    check_model_reference(args.model)
+    if args.data_dir is not None and not os.path.isdir(os.path.expanduser(args.data_dir)):
+        raise FileNotFoundError(f"Data directory `data_dir` not found: {args.data_dir}")
+    resume = args.resume_from_checkpoint
+    if resume not in (None, "latest") and not os.path.isdir(os.path.expanduser(resume)):
+        raise ValueError(f"`resume_from_checkpoint` folder {resume} does not exist")

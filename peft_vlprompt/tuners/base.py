@@ -15,6 +15,7 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
 from .._peft_compat import ensure_peft_type
+from .._validation import check_fields, check_known_keys
 from ..backbones import ClipBackbone
 from .tokens import class_text
 
@@ -37,10 +38,31 @@ class VLPromptConfig(PeftConfig):
     )
 
     method_name = "vlprompt"  # class attribute, overridden by each method
+    # validation rules of fields several methods declare (added to each field's own `metadata`)
+    shared_field_rules = {
+        "n_classes": {"min": 1},
+        "placeholder_token_id": {"min": 0},
+        "ctx_init_token_ids": {"item_min": 0, "items": "token ids"},
+    }
 
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = ensure_peft_type(self.method_name)
+        # every field of every method, whatever the source (Python, a JSON file, --adapter_kwargs), is checked
+        # against its annotation and `metadata` (min/max/gt/choices) before the subclass checks its own rules
+        check_fields(self, skip=PeftConfig.__dataclass_fields__, rules=self.shared_field_rules)
+
+    @classmethod
+    def from_peft_type(cls, **kwargs):
+        # peft drops unknown keys with a warning (or reports a missing `peft_type`): a typo'd field would silently
+        # train the default instead. Ours fail, naming the field and the closest real ones.
+        from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+        config_cls = PEFT_TYPE_TO_CONFIG_MAPPING.get(kwargs["peft_type"]) if "peft_type" in kwargs else cls
+        if not (isinstance(config_cls, type) and issubclass(config_cls, VLPromptConfig)):
+            return super().from_peft_type(**kwargs)
+        check_known_keys(kwargs, config_cls.__dataclass_fields__, config_cls.__name__)
+        return config_cls(**kwargs)
 
     # -- hooks used by the tuner and the classifier -------------------------------------------------------------
     def target_module_names(self, backbone: ClipBackbone) -> list[str]:

@@ -12,6 +12,7 @@ MODES = ("replace", "prefix")
 TEXT_INPUTS = ("template", "ensemble")
 COUPLINGS = ("none", "maple")
 TOWERS = ("text", "vision")
+_LENGTHS = {"item_min": 0, "items": "lengths"}  # validation rule of the per-layer length lists (`_validation`)
 
 
 @dataclass(frozen=True)
@@ -100,19 +101,30 @@ class DeepPromptConfig(VLPromptConfig):
     """
 
     text_lengths: list[int] | None = field(
-        default=None, metadata={"help": "Prompt length per text layer (index 0 = input context); None = no prompts."}
+        default=None,
+        metadata={"help": "Prompt length per text layer (index 0 = input context); None = no prompts.", **_LENGTHS},
     )
     vision_lengths: list[int] | None = field(
         default=None,
-        metadata={"help": "Prompt length per vision layer (index 0 = after the patch embeddings); None = no prompts."},
+        metadata={
+            "help": "Prompt length per vision layer (index 0 = after the patch embeddings); None = no prompts.",
+            **_LENGTHS,
+        },
     )
     mode: str = field(
-        default="replace", metadata={"help": "'replace' (IVLP/VPT/MaPLe token prompts) or 'prefix' (DPL K/V prompts)."}
+        default="replace",
+        metadata={"help": "'replace' (IVLP/VPT/MaPLe token prompts) or 'prefix' (DPL K/V prompts).", "choices": MODES},
     )
     coupling: str = field(
-        default="none", metadata={"help": "'maple': vision prompts are learned projections of the text prompts."}
+        default="none",
+        metadata={
+            "help": "'maple': vision prompts are learned projections of the text prompts.",
+            "choices": COUPLINGS,
+        },
     )
-    init_std: float = field(default=0.02, metadata={"help": "Std of the random normal prompt initialisation."})
+    init_std: float = field(
+        default=0.02, metadata={"help": "Std of the random normal prompt initialisation.", "gt": 0}
+    )
     ctx_init: str | None = field(
         default=None, metadata={"help": "Replace mode: words initialising the input context (MaPLe's quirk kept)."}
     )
@@ -287,19 +299,23 @@ class PromptSRCConfig(DeepPromptConfig):
 
     text_lengths: list[int] | None = field(
         default_factory=lambda: [4] * 9 + [0] * 3,
-        metadata={"help": "Prompt length per text layer; default 4 prompts at depth 9 of 12 layers."},
+        metadata={"help": "Prompt length per text layer; default 4 prompts at depth 9 of 12 layers.", **_LENGTHS},
     )
     vision_lengths: list[int] | None = field(
         default_factory=lambda: [4] * 9 + [0] * 3,
-        metadata={"help": "Prompt length per vision layer; default 4 prompts at depth 9 of 12 layers."},
+        metadata={"help": "Prompt length per vision layer; default 4 prompts at depth 9 of 12 layers.", **_LENGTHS},
     )
     ctx_init: str | None = field(
         default="a photo of a", metadata={"help": "Words initialising the input context (PromptSRC's CTX_INIT)."}
     )
-    text_loss_weight: float = field(default=25.0, metadata={"help": "Weight of the L1 text-feature consistency."})
-    image_loss_weight: float = field(default=10.0, metadata={"help": "Weight of the L1 image-feature consistency."})
+    text_loss_weight: float = field(
+        default=25.0, metadata={"help": "Weight of the L1 text-feature consistency.", "min": 0}
+    )
+    image_loss_weight: float = field(
+        default=10.0, metadata={"help": "Weight of the L1 image-feature consistency.", "min": 0}
+    )
     gpa_mean: float = field(default=15.0, metadata={"help": "Mean (epoch, 1-based) of the GPA Gaussian."})
-    gpa_std: float = field(default=1.0, metadata={"help": "Std (epochs) of the GPA Gaussian."})
+    gpa_std: float = field(default=1.0, metadata={"help": "Std (epochs) of the GPA Gaussian.", "gt": 0})
 
     method_name = "promptsrc"
 

@@ -42,12 +42,13 @@ def tower_layers(model_or_layers: ClipBackbone | nn.Module | int | tuple[int, in
     )
 
 
-def depth_lengths(n_ctx: int, depth: int, layers: int, name: str = "depth") -> list[int]:
-    """`[n_ctx] * depth + [0] * (layers - depth)`, with `depth` clipped to `layers`."""
+def depth_lengths(n_ctx: int, depth: int, layers: int, name: str = "depth", ctx_name: str = "n_ctx") -> list[int]:
+    """`[n_ctx] * depth + [0] * (layers - depth)`, with `depth` clipped to `layers`; errors name the arguments
+    `name` (the depth) and `ctx_name` (the length)."""
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
         raise ValueError(f"`{name}` must be an int >= 0, got {depth!r}")
     if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 0:
-        raise ValueError(f"the prompt length for `{name}` must be an int >= 0, got {n_ctx!r}")
+        raise ValueError(f"`{ctx_name}` must be an int >= 0, got {n_ctx!r}")
     if depth > layers:
         logger.warning("`%s`=%d is deeper than the model's %d layers; using %d", name, depth, layers, layers)
         depth = layers
@@ -67,8 +68,14 @@ def ivlp_preset(
     n_ctx_vision=4, depth=9` for the PromptSRC repo's IVLP). The text context starts from "a photo of a"."""
     text_layers, vision_layers = tower_layers(model_or_layers)
     return DeepPromptConfig(
-        text_lengths=depth_lengths(n_ctx_text, depth, text_layers),
-        vision_lengths=depth_lengths(n_ctx_vision, depth if vision_depth is None else vision_depth, vision_layers),
+        text_lengths=depth_lengths(n_ctx_text, depth, text_layers, ctx_name="n_ctx_text"),
+        vision_lengths=depth_lengths(
+            n_ctx_vision,
+            depth if vision_depth is None else vision_depth,
+            vision_layers,
+            "depth" if vision_depth is None else "vision_depth",
+            "n_ctx_vision",
+        ),  # fmt: skip
         ctx_init=ctx_init,
         **kwargs,
     )
@@ -80,7 +87,9 @@ def vpt_deep_preset(
     """VPT-deep: 8 vision prompts at depth 12; the text is the fixed template "a photo of a {}."."""
     _, vision_layers = tower_layers(model_or_layers)
     return DeepPromptConfig(
-        vision_lengths=depth_lengths(n_ctx_vision, depth, vision_layers), text_template=text_template, **kwargs
+        vision_lengths=depth_lengths(n_ctx_vision, depth, vision_layers, ctx_name="n_ctx_vision"),
+        text_template=text_template,
+        **kwargs,
     )
 
 
@@ -89,7 +98,8 @@ def deep_language_preset(
 ) -> DeepPromptConfig:
     """Deep language prompting (IVLP language-only): 4 text prompts at depth 12, no vision prompts."""
     text_layers, _ = tower_layers(model_or_layers)
-    return DeepPromptConfig(text_lengths=depth_lengths(n_ctx_text, depth, text_layers), ctx_init=ctx_init, **kwargs)
+    text = depth_lengths(n_ctx_text, depth, text_layers, ctx_name="n_ctx_text")
+    return DeepPromptConfig(text_lengths=text, ctx_init=ctx_init, **kwargs)
 
 
 def maple_preset(
@@ -109,7 +119,7 @@ def promptsrc_preset(
     """PromptSRC: IVLP 4 + 4 at depth 9 with its loss weights and GPA settings (see `PromptSRCConfig`)."""
     text_layers, vision_layers = tower_layers(model_or_layers)
     return PromptSRCConfig(
-        text_lengths=depth_lengths(n_ctx_text, depth, text_layers),
-        vision_lengths=depth_lengths(n_ctx_vision, depth, vision_layers),
+        text_lengths=depth_lengths(n_ctx_text, depth, text_layers, ctx_name="n_ctx_text"),
+        vision_lengths=depth_lengths(n_ctx_vision, depth, vision_layers, ctx_name="n_ctx_vision"),
         **kwargs,
     )

@@ -70,15 +70,21 @@ class DPLSearchConfig(VLPromptConfig):
     )
     prompt_init: str = field(
         default="released",
-        metadata={"help": "'released': text U[0,1), vision N(0,1); 'normal': both N(0, `init_std`)."},
+        metadata={
+            "help": "'released': text U[0,1), vision N(0,1); 'normal': both N(0, `init_std`).",
+            "choices": PROMPT_INITS,
+        },
     )
-    init_std: float = field(default=0.02, metadata={"help": "Std of the 'normal' prompt initialisation."})
-    alpha_init_std: float = field(default=1e-3, metadata={"help": "Architecture logits start as std * N(0, 1)."})
+    init_std: float = field(default=0.02, metadata={"help": "Std of the 'normal' prompt initialisation.", "gt": 0})
+    alpha_init_std: float = field(
+        default=1e-3, metadata={"help": "Architecture logits start as std * N(0, 1).", "min": 0}
+    )
     mixing: str = field(
         default="efficient",
         metadata={
             "help": "'efficient' (shared token scores, log-sum-exp combination) or 'naive' (one attention "
-            "per candidate)."
+            "per candidate).",
+            "choices": MIXINGS,
         },
     )
 

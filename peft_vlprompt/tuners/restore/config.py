@@ -72,9 +72,12 @@ class RestoreAdapterConfig(DeepPromptConfig):
     vision_ratio_step: float = field(default=0.005, metadata={"help": "r_v += step · S_v at epoch ⌊E/3⌋."})
     fs_weight: float = field(default=1.0, metadata={"help": "Weight of the feature-shift consistency loss."})
     fs_definition: str = field(
-        default="prompt_norm", metadata={"help": "'prompt_norm' (released code) or 'features' (paper)."}
+        default="prompt_norm",
+        metadata={"help": "'prompt_norm' (released code) or 'features' (paper).", "choices": FS_DEFINITIONS},
     )
-    adapter_hidden_mult: int = field(default=4, metadata={"help": "Surgery FFN hidden size / projection dim."})
+    adapter_hidden_mult: int = field(
+        default=4, metadata={"help": "Surgery FFN hidden size / projection dim.", "min": 1}
+    )
 
     method_name = "restore"
 
