@@ -327,3 +327,25 @@ def test_dpl_ensemble_is_the_default_of_the_search_flow_and_an_explicit_option()
     assert DeepPromptConfig(mode="prefix", vision_lengths=[1, 0]).text_input == "template"
     with pytest.raises(ValueError, match="`text_input='ensemble'` replaces the text template"):
         DeepPromptConfig(text_lengths=[2, 0], text_input="ensemble")
+
+
+def test_configs_saved_before_ctx_init_split_load_with_their_token_split(tmp_path):
+    """An adapter saved when `ctx_init` was counted in BPE tokens (no `ctx_init_split` in its file) keeps its prompts."""
+    import json
+
+    from peft import PeftModel
+
+    config = ProGradCoOpConfig.paper_init("a type of pet, a photo of a {}.", split_by_words=False)
+    model = get_peft_model(tiny_clip(), config)
+    perturb(embedding(model).coop_ctx["default"])
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved["ctx_init_split"] == "tokens"
+    del saved["ctx_init_split"]  # as written before the field existed
+    (tmp_path / "adapter_config.json").write_text(json.dumps(saved))
+    assert ProGradCoOpConfig.from_pretrained(tmp_path).ctx_init_split == "tokens"
+    reloaded = PeftModel.from_pretrained(tiny_clip(), tmp_path)
+    assert reloaded.peft_config["default"].frozen_init_token_ids == []
+    images = pixels()
+    before = PromptClassifier(model, tokenizer(), ["cat", "dog"]).eval()(images)
+    torch.testing.assert_close(PromptClassifier(reloaded, tokenizer(), ["cat", "dog"]).eval()(images), before)

@@ -132,6 +132,17 @@ class CoOpConfig(VLPromptConfig):
         if self.init_std <= 0:
             raise ValueError(f"`init_std` must be > 0, got {self.init_std!r}")
 
+    @classmethod
+    def check_kwargs(cls, **kwargs):
+        # peft's hook on the saved `adapter_config.json` (`from_pretrained`): files written before `ctx_init_split`
+        # existed counted `ctx_init` in BPE tokens, so they load with that split and give the prompts they were
+        # trained with (a words split would move a multi-token word's tail into the frozen text)
+        kwargs = super().check_kwargs(**kwargs)
+        if kwargs.get("ctx_init") and "ctx_init_split" not in kwargs:
+            logger.info("adapter config without `ctx_init_split` (saved before it existed): loading it as 'tokens'")
+            kwargs["ctx_init_split"] = "tokens"
+        return kwargs
+
     def _resolve_ctx_init(self) -> None:
         # CoOp's own preprocessing of CTX_INIT
         self.ctx_init = self.ctx_init.replace("_", " ").strip()
