@@ -15,26 +15,90 @@
 
 Writes `<output_dir>/adapter/` (load with `PeftModel.from_pretrained(clip, path)` after `import peft_vlprompt`),
 `<output_dir>/all_results.json` and resumable adapter-only checkpoints (`--checkpointing_steps`). `--help` lists
-every argument; `examples/aggregate_results.py` turns runs over seeds into the papers' tables.
+every argument; `examples/aggregate_results.py` turns runs over seeds into the papers' tables. Every value has one
+precedence: command line > --config file > method preset > default.
 """
 
+import importlib.util
 import logging
 import os
+import sys
+import types
+import warnings
 
-from accelerate.logging import get_logger
+# the arguments are parsed and checked with the standard library only, so `--help` and a mistyped flag answer at once
+_LIGHT = ("peft_vlprompt", "peft_vlprompt.training")
 
-from peft_vlprompt.training import format_results, main
 
-logger = get_logger(__name__)
+def parse_and_check(argv: list[str]):
+    """`TrainArguments` of `argv`, with every check that needs neither torch nor a model (values, precedence, the
+    `--config` file, method/config agreement, paths), without running the package's `__init__` (torch, peft)."""
+    stubs = []
+    root = importlib.util.find_spec("peft_vlprompt").submodule_search_locations[0]
+    for name, path in zip(_LIGHT, (root, os.path.join(root, "training"))):
+        if name not in sys.modules:
+            stub = types.ModuleType(name)
+            stub.__path__ = [path]
+            sys.modules[name] = stub
+            stubs.append(name)
+    try:
+        from peft_vlprompt.training.args import apply_config_file, check_paths, parse_args
+        from peft_vlprompt.training.methods import resolve_method
+
+        args = parse_args(argv)
+        resolve_method(args, apply_config_file(args))
+        check_paths(args)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"examples/train.py: error: {e}") from None
+    finally:
+        loaded = [m for m in sys.modules if m.startswith("peft_vlprompt.") and m not in _LIGHT]
+        for name in stubs:  # the real package imports now; the light modules loaded above are reused as they are
+            del sys.modules[name]
+    import peft_vlprompt.training  # noqa: F401
+
+    for name in loaded:  # bind the reused submodules to their real parents
+        parent, _, child = name.rpartition(".")
+        setattr(sys.modules[parent], child, sys.modules[name])
+    return args
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(f in record.getMessage() for f in self.fragments)
+
+
+def quiet_third_party() -> None:
+    """Silence other libraries' messages that say nothing about this run (targeted: ours are untouched)."""
+    # transformers warns that the torchvision image-processor backend is missing: the PIL one is the intended one
+    logging.getLogger("transformers.utils.import_utils").addFilter(_DropMessages("requires torchvision"))
+    # peft calls a transformers helper that transformers 5 deprecates; nothing the user can act on
+    warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # datasets draws a progress bar for each internal re-indexing of a split
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+    # accelerate logs each file of a checkpoint it does not write (we save the adapter only)
+    logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)
+    logging.getLogger("accelerate.accelerator").addFilter(_DropMessages("Saving current state", "Loading states"))
 
 
 if __name__ == "__main__":
     # verbose logs from the main process only; the others report warnings and errors (the rank is read from the
-    # launcher's environment: creating accelerate's state here would fix the device before `main` chooses it)
+    # launcher's environment: creating accelerate's state here would fix the device before `train` chooses it)
+    main_process = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
-        level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
+        level=logging.INFO if main_process else logging.WARNING,
     )
-    results = main()
-    logger.info("results\n%s", format_results(results), main_process_only=True)
+    args = parse_and_check(sys.argv[1:])
+    quiet_third_party()
+    from peft_vlprompt.training import format_results, train
+
+    results = train(args)
+    if main_process:
+        logging.getLogger("train").info("results\n%s", format_results(results))

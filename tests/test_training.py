@@ -186,6 +186,9 @@ def test_clear_errors_before_any_model_is_built(case, tmp_path, monkeypatch):
         raise AssertionError("the model was loaded before the error")
 
     monkeypatch.setattr(loop, "load_clip", no_model)
+    (tmp_path / "model").mkdir()  # passes the early path check; never loaded
+    for name in ("config.json", "preprocessor_config.json"):
+        (tmp_path / "model" / name).write_text("{}")
     make_dtd(tmp_path / "corrupt")
     (tmp_path / "corrupt" / "dtd" / "split_zhou_DescribableTextures.json").write_text('{"train": [')
     (tmp_path / "aircraft" / "fgvc_aircraft" / "images").mkdir(parents=True)

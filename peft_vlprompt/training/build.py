@@ -1,10 +1,8 @@
 """Everything the loop builds before training: the CLIP, the adapter config, the protocol's data splits."""
 
-import json
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
@@ -12,8 +10,10 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.peft_types import PeftType
 from torch import nn
 
+from .._validation import check_known_keys
 from ..backbones import unwrap_clip
 from ..data import TEMPLATES, get_dataset_spec, load_task
+from .args import read_config_file  # noqa: F401  (re-exported: it moved to the light argument module)
 
 logger = logging.getLogger(__name__)
 
@@ -79,50 +79,25 @@ def prompts_image_tower(model: nn.Module) -> bool:
     return any(isinstance(m, BaseTunerLayer) for m in modules)
 
 
-def read_config_file(path: str) -> tuple[dict | None, dict]:
-    """`(adapter config dict, training arguments)` of a `--config` JSON file or folder.
-
-    Accepted: a peft `adapter_config.json` (has `peft_type`), a folder holding one, or an object with an
-    `adapter_config` entry (a dict, or a path to such a file) next to training arguments.
-    """
-    file = Path(path)
-    if file.is_dir():
-        file = file / "adapter_config.json"
-    if not file.is_file():
-        raise ValueError(f"`config` file {file} does not exist")
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"`config` file {file} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"`config` file {file} must hold a JSON object, got {type(data).__name__}")
-    if "peft_type" in data:
-        return data, {}
-    if "adapter_config" in data:
-        training = {k: v for k, v in data.items() if k != "adapter_config"}
-        adapter = data["adapter_config"]
-        if isinstance(adapter, str):
-            adapter = read_config_file(str(file.parent / adapter))[0]
-        if adapter is not None and "peft_type" not in adapter:
-            raise ValueError(f"`config` file {file}: `adapter_config` has no `peft_type`")
-        return adapter, training
-    raise ValueError(f"`config` file {file} has neither `peft_type` (an adapter config) nor `adapter_config`")
-
-
 def peft_type_name(value) -> str:
     """'coop' for PeftType.COOP, 'COOP' or 'coop'."""
     return str(getattr(value, "value", value)).lower()
 
 
-def config_from_dict(adapter: dict, overrides: dict):
-    """Instantiate the registered config class of `adapter["peft_type"]` (unknown keys are dropped by peft)."""
+def config_from_dict(adapter: dict, overrides: dict, source: str = "`config`"):
+    """Instantiate the registered config class of `adapter["peft_type"]`, validated: an unknown field (of the file or
+    of `--adapter_kwargs`) or a bad value fails naming the field, the value and `source`."""
     name = peft_type_name(adapter["peft_type"])
     member = PeftType.__members__.get(name.upper())
     cls = PEFT_TYPE_TO_CONFIG_MAPPING.get(member) if member is not None else None
     if cls is None:
-        raise ValueError(f"`config` has peft_type {name!r}, which is not a registered method")
+        raise ValueError(f"{source} has peft_type {name!r}, which is not a registered method")
+    check_known_keys(overrides, cls.__dataclass_fields__, f"`adapter_kwargs` for {cls.__name__}")
     kwargs = {k: v for k, v in adapter.items() if k not in ("peft_type", "target_modules")} | overrides
-    return cls.from_peft_type(**kwargs)
+    try:
+        return cls.from_peft_type(**kwargs)
+    except ValueError as e:  # FieldTypeError included
+        raise type(e)(f"{source}: {e}") from None
 
 
 def template_for(dataset: str, template: str | None, table: str) -> str | None:

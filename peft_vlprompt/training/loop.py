@@ -21,11 +21,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .._validation import check_known_keys
 from ..backbones import ClipBackbone
 from ..classifier import PromptClassifier
 from ..data import make_transform
 from ..optim import GaussianPromptAggregator, ProGrad
-from .args import DEFAULT_RUN, TrainArguments, parse_args
+from .args import TrainArguments, apply_config_file, check_paths, parse_args
 from .build import (
     check_dataset_names,
     config_from_dict,
@@ -33,13 +34,11 @@ from .build import (
     load_protocol_data,
     peft_type_name,
     prompts_image_tower,
-    read_config_file,
     steps_per_epoch,
 )
 from .checkpoint import (
     ADAPTER_DIR,
     CHECKPOINTS_DIR,
-    TrainingState,
     atomic_write_json,
     check_checkpoint,
     checkpoint_number,
@@ -50,10 +49,18 @@ from .checkpoint import (
 from .data import AugmentedViews, CachedViews, EpochSampler, KeyedViews, collate_train
 from .evaluation import Evaluator, make_eval_loader
 from .hooks import epoch_end_hooks, image_conditioned
-from .methods import BuildContext, MethodSpec, get_method, method_for_peft_type
+from .methods import (
+    BuildContext,
+    MethodSpec,
+    allowed_adapter_settings,
+    check_method_config,
+    get_method,
+    resolve_method,
+)
 from .objectives import Objective, StepInputs
-from .presets import PresetContext, get_preset
+from .presets import PresetContext, apply_preset, get_preset
 from .results import assemble_results
+from .run_record import RunState, check_resume_adapter, check_resume_args, run_signature
 from .schedule import dassl_lr, set_lr
 
 logger = logging.getLogger(__name__)
@@ -84,25 +91,27 @@ class TrainingModule(nn.Module):
 
 
 def _resolve_method(args: TrainArguments) -> tuple[MethodSpec, dict | None]:
-    adapter_dict, training = read_config_file(args.config) if args.config else (None, {})
-    for key, value in training.items():  # training arguments from the file fill only what the command line left unset
-        if key not in TrainArguments.__dataclass_fields__:
-            raise ValueError(f"`config` file {args.config}: unknown training argument {key!r}")
-        if key == "method" and args.method is None or key != "method" and getattr(args, key) is None:
-            setattr(args, key, value)
-    name = args.method
-    if name is None and adapter_dict is not None:
-        name = method_for_peft_type(peft_type_name(adapter_dict["peft_type"]))
-        if name is None:
-            raise ValueError(f"no training method accepts adapter type {adapter_dict['peft_type']!r}; pass --method")
-    spec = get_method(name or str(DEFAULT_RUN["method"]))
-    args.method = spec.name
-    if adapter_dict is not None:
-        kind = peft_type_name(adapter_dict["peft_type"])
-        if kind not in spec.accepts_peft_types:
-            raise ValueError(f"method {spec.name!r} cannot train a {kind!r} adapter from `config` {args.config}; "
-                             f"it accepts {list(spec.accepts_peft_types)}")  # fmt: skip
+    """The method and the `--config` adapter dict; the file's training arguments are merged under the command line's
+    and validated (`args.apply_config_file`), and every check that needs no model or data runs here."""
+    adapter_dict = apply_config_file(args)
+    spec = get_method(resolve_method(args, adapter_dict).name)
     return spec, adapter_dict
+
+
+def _check_adapter_settings(spec: MethodSpec, adapter_dict: dict | None, args: TrainArguments) -> None:
+    """The adapter config (from the file, or the preset's settings + `--adapter_kwargs`) is valid, before any load."""
+    if adapter_dict is not None:
+        check_method_config(spec, config_from_dict(adapter_dict, args.adapter_overrides(), f"`config` {args.config}"))
+    elif spec.trains and args.adapter_kwargs:
+        allowed, computed = allowed_adapter_settings(spec, get_preset(spec.name, PresetContext(
+            args.protocol, args.shots, args.dataset)))  # fmt: skip
+        fixed = sorted(set(args.adapter_overrides()) & computed)
+        if fixed:
+            raise ValueError(
+                f"`adapter_kwargs` sets {fixed}, which the {spec.name} preset computes from its lengths "
+                "and depth: set those instead, or train the lengths as given with --method deep_prompt"
+            )
+        check_known_keys(args.adapter_overrides(), allowed, f"`adapter_kwargs` for method {spec.name!r}")
 
 
 def _expected_peft_type(spec: MethodSpec, adapter_dict: dict | None) -> str | None:
@@ -172,6 +181,8 @@ def _multi_process_without_gpu() -> bool:
 def train(args: TrainArguments) -> dict:
     """Run one experiment; returns the results also written to `<output_dir>/all_results.json`."""
     spec, adapter_dict = _resolve_method(args)
+    check_paths(args)
+    _check_adapter_settings(spec, adapter_dict, args)
     if args.torch_threads is not None:
         torch.set_num_threads(args.torch_threads)
     if args.output_dir is None:
@@ -196,9 +207,9 @@ def train(args: TrainArguments) -> dict:
     data = load_protocol_data(args, get_preset(spec.name, ctx0).template_table, needs_train=spec.trains)
     task = data.train
     preset = get_preset(spec.name, PresetContext(args.protocol, args.shots, task.name, task.template))
-    for key in ("num_epochs", "lr", "batch_size"):
-        if getattr(args, key) is None:
-            setattr(args, key, getattr(preset, key))
+    apply_preset(args, spec.name, preset, trains=spec.trains)
+    if resume_dir is not None:
+        check_resume_args(resume_dir, args)
 
     clip, tokenizer, image_processor = load_clip(args.model)
     set_seed(args.seed)  # adapter initialisation does not depend on what data loading drew
@@ -213,6 +224,9 @@ def train(args: TrainArguments) -> dict:
         if getattr(config, "class_specific", False) and args.protocol != "few_shot":
             raise ValueError(f"class-specific context cannot be evaluated on other classes: protocol "
                              f"{args.protocol!r} needs `class_specific=False`")  # fmt: skip
+        check_method_config(spec, config)
+        if resume_dir is not None:
+            check_resume_adapter(resume_dir, config.to_dict())
         model = get_peft_model(clip, config)
         logger.info("%s: %d epochs, lr %g, batch %d per process (preset: %s)", spec.name, args.num_epochs, args.lr,
                     args.batch_size, preset.source)  # fmt: skip
@@ -255,6 +269,7 @@ def train(args: TrainArguments) -> dict:
             _write_card(results_dir / ADAPTER_DIR, args, results["summary"], task)
         if args.push_to_hub and spec.trains:
             _push(model, args, results["summary"], task)
+        _log_outputs(results_dir, spec.trains, args.checkpointing_steps is not None)
     accelerator.wait_for_everyone()
     if args.with_tracking:
         accelerator.end_training()
@@ -274,7 +289,7 @@ def _fit(args, spec, preset, config, model, classifier, module, objective, task,
     train_loader, sampler = _train_loader(args, task, image_processor, classifier, accelerator, cache)
     module, optimizer, train_loader = accelerator.prepare(module, optimizer, train_loader)
 
-    state = TrainingState(spec.name, peft_type_name(config.peft_type))
+    state = RunState(spec.name, peft_type_name(config.peft_type), run_signature(args))
     register_adapter_only_hooks(accelerator, model, state, config.to_dict())
     accelerator.register_for_checkpointing(state)
     gpa = None
@@ -367,6 +382,17 @@ def _fit(args, spec, preset, config, model, classifier, module, objective, task,
         logger.info("GPA: loaded the Gaussian-weighted average of epochs %s", gpa.updated_epochs)
     accelerator.wait_for_everyone()
     return state.global_step
+
+
+def _log_outputs(results_dir: Path, trained: bool, checkpointed: bool) -> None:
+    """Say where the run wrote what (absolute paths: the run may have been started from anywhere)."""
+    root = results_dir.resolve()
+    lines = [f"results: {root / 'all_results.json'} (per class: {root / 'per_class_accuracy.json'})"]
+    if trained:
+        lines.append(f"adapter and model card: {root / ADAPTER_DIR}")
+    if checkpointed:
+        lines.append(f"checkpoints: {root / CHECKPOINTS_DIR}")
+    logger.info("wrote %s", "; ".join(lines))
 
 
 def _log(accelerator, logged, step, epoch, optimizer, prograd, tracking):

@@ -6,21 +6,17 @@ installed package ships.
 """
 
 import importlib
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..backbones import ClipBackbone
-from .objectives import (
-    DistillationObjective,
-    KgCoOpObjective,
-    Objective,
-    ProGradObjective,
-    PromptSRCObjective,
-    RestoreObjective,
-)
 from .presets import Preset
+
+if TYPE_CHECKING:  # the registry itself stays light: the command line checks method names before torch is imported
+    from ..backbones import ClipBackbone
+    from .objectives import Objective
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +35,7 @@ def _import(path: str):
 class BuildContext:
     """What a config factory may use besides the preset."""
 
-    backbone: ClipBackbone
+    backbone: "ClipBackbone"
     template: str
     num_classes: int
     dataset: str
@@ -57,15 +53,22 @@ class MethodSpec:
         uses_prograd: wrap the optimizer in `peft_vlprompt.optim.ProGrad` with the config's lambda.
         accepts_peft_types: peft types a `--config` file may have for this method.
         fallback_config_class: used while `config_class` is not importable (ProGrad on a plain CoOp adapter).
+        needs_config: the method has no preset adapter: `--config` (or, with `kwargs_config`, `--adapter_kwargs`)
+            must give it, checked before anything is loaded.
+        check_config: `(config or config dict) -> reason or None`: why an adapter accepted by peft type is still
+            not this method (e.g. `--method maple` with uncoupled prompts); None when it is.
     """
 
     name: str
     config_class: str | None
     build_config: Callable[..., Any] | None = None
-    make_objective: Callable[..., Objective] = lambda config, preset, args: Objective()
+    make_objective: Callable[..., "Objective"] = lambda config, preset, args: _objectives().Objective()
     uses_prograd: bool = False
     accepts_peft_types: tuple[str, ...] = ()
     fallback_config_class: str | None = None
+    needs_config: bool = False
+    kwargs_config: bool = False
+    check_config: Callable[[Any], str | None] | None = None
 
     def resolved_config_class(self):
         for path in (self.config_class, self.fallback_config_class):
@@ -82,6 +85,12 @@ class MethodSpec:
     @property
     def trains(self) -> bool:
         return self.config_class is not None
+
+
+def _objectives():
+    from . import objectives
+
+    return objectives
 
 
 def _setting(config, preset: Preset, name: str, default):
@@ -111,21 +120,21 @@ def _coop_family(cls, settings: dict, ctx: BuildContext):
 
 
 def _prograd_objective(config, preset, args):
-    return ProGradObjective(
+    return _objectives().ProGradObjective(
         temperature=float(_setting(config, preset, "temperature", 1.0)),
         teacher_template=getattr(config, "teacher_template", None),
     )
 
 
 def _kgcoop_objective(config, preset, args):
-    return KgCoOpObjective(
+    return _objectives().KgCoOpObjective(
         weight=float(_setting(config, preset, "kg_weight", 8.0)),
         teacher_template=getattr(config, "teacher_template", None),
     )
 
 
 def _promptsrc_objective(config, preset, args):
-    return PromptSRCObjective(
+    return _objectives().PromptSRCObjective(
         text_weight=float(_setting(config, preset, "text_loss_weight", 25.0)),
         image_weight=float(_setting(config, preset, "image_loss_weight", 10.0)),
     )
@@ -133,7 +142,7 @@ def _promptsrc_objective(config, preset, args):
 
 def _kd_objective(config, preset, args):
     weight = args.kd_weight if args.kd_weight is not None else float(preset.extra.get("kd_weight", 0.0))
-    return DistillationObjective(weight=weight, temperature=args.kd_temperature)
+    return _objectives().DistillationObjective(weight=weight, temperature=args.kd_temperature)
 
 
 def _sized_preset(function_path: str):
@@ -142,6 +151,7 @@ def _sized_preset(function_path: str):
     def build(cls, settings: dict, ctx: BuildContext):
         return _import(function_path)(ctx.backbone, **settings)
 
+    build.function_path = function_path
     return build
 
 
@@ -173,7 +183,41 @@ def _restore_config(cls, settings: dict, ctx: BuildContext):
 
 
 def _restore_objective(config, preset, args):
-    return RestoreObjective(definition=config.fs_definition, weight=float(config.fs_weight))
+    return _objectives().RestoreObjective(definition=config.fs_definition, weight=float(config.fs_weight))
+
+
+def _deep_kind(config) -> str:
+    """Which deep-prompt method a `DeepPromptConfig` (or its dict) is: its mode, coupling and prompted towers."""
+    get = config.get if isinstance(config, dict) else (lambda key, default=None: getattr(config, key, default))
+    if (get("mode") or "replace") == "prefix":
+        return "dpl"
+    if (get("coupling") or "none") == "maple":
+        return "maple"
+    text, vision = any(get("text_lengths") or ()), any(get("vision_lengths") or ())
+    return {(True, True): "ivlp", (False, True): "vpt", (True, False): "deep_language"}.get((text, vision), "?")
+
+
+_DEEP_KINDS = {
+    "ivlp": "uncoupled text and vision prompts (mode 'replace', coupling 'none')",
+    "vpt": "vision prompts only (mode 'replace', no text prompts)",
+    "deep_language": "text prompts only (mode 'replace', no vision prompts)",
+    "maple": "MaPLe-coupled prompts (coupling 'maple')",
+    "dpl": "prefix prompts (mode 'prefix')",
+}
+
+
+def _is_deep_kind(method: str):
+    def check(config) -> str | None:
+        kind = _deep_kind(config)
+        if kind == method:
+            return None
+        other = f"; it is a {kind} config (--method {kind}" if kind in _DEEP_KINDS else " (use"
+        return (
+            f"--method {method} trains {_DEEP_KINDS[method]}, but the adapter config does not{other} or "
+            "--method deep_prompt trains it as given)"
+        )
+
+    return check
 
 
 _COOP = "peft_vlprompt.tuners.coop:CoOpConfig"
@@ -202,18 +246,33 @@ METHODS: dict[str, MethodSpec] = {
             accepts_peft_types=("kgcoop",),
         ),
         MethodSpec("cocoop", "peft_vlprompt.tuners.cocoop:CoCoOpConfig", _coop_family, accepts_peft_types=("cocoop",)),
-        MethodSpec("ivlp", _DEEP, _sized_preset(f"{_DEEP_PRESETS}:ivlp_preset"), accepts_peft_types=("deep_prompt",)),
         MethodSpec(
-            "vpt", _DEEP, _sized_preset(f"{_DEEP_PRESETS}:vpt_deep_preset"), accepts_peft_types=("deep_prompt",)
+            "ivlp",
+            _DEEP,
+            _sized_preset(f"{_DEEP_PRESETS}:ivlp_preset"),
+            accepts_peft_types=("deep_prompt",),
+            check_config=_is_deep_kind("ivlp"),
+        ),
+        MethodSpec(
+            "vpt",
+            _DEEP,
+            _sized_preset(f"{_DEEP_PRESETS}:vpt_deep_preset"),
+            accepts_peft_types=("deep_prompt",),
+            check_config=_is_deep_kind("vpt"),
         ),
         MethodSpec(
             "deep_language",
             _DEEP,
             _sized_preset(f"{_DEEP_PRESETS}:deep_language_preset"),
             accepts_peft_types=("deep_prompt",),
+            check_config=_is_deep_kind("deep_language"),
         ),
         MethodSpec(
-            "maple", _DEEP, _sized_preset(f"{_DEEP_PRESETS}:maple_preset"), accepts_peft_types=("deep_prompt",)
+            "maple",
+            _DEEP,
+            _sized_preset(f"{_DEEP_PRESETS}:maple_preset"),
+            accepts_peft_types=("deep_prompt",),
+            check_config=_is_deep_kind("maple"),
         ),
         MethodSpec(
             "promptsrc",
@@ -229,10 +288,24 @@ METHODS: dict[str, MethodSpec] = {
             _restore_objective,
             accepts_peft_types=("restore",),
         ),
-        MethodSpec("dpl", _DEEP, _from_config_file("dpl"), _kd_objective, accepts_peft_types=("deep_prompt",)),
         MethodSpec(
-            "deep_prompt", _DEEP, _from_config_file("deep_prompt"), _kd_objective, accepts_peft_types=("deep_prompt",)
-        ),
+            "dpl",
+            _DEEP,
+            _from_config_file("dpl"),
+            _kd_objective,
+            accepts_peft_types=("deep_prompt",),
+            needs_config=True,
+            check_config=_is_deep_kind("dpl"),
+        ),  # fmt: skip
+        MethodSpec(
+            "deep_prompt",
+            _DEEP,
+            _from_config_file("deep_prompt"),
+            _kd_objective,
+            accepts_peft_types=("deep_prompt",),
+            needs_config=True,
+            kwargs_config=True,
+        ),  # fmt: skip
     ]
 }
 
@@ -272,3 +345,55 @@ def method_for_peft_type(peft_type: str) -> str | None:
         if spec.available and peft_type in spec.accepts_peft_types:
             return name
     return None
+
+
+def resolve_method(args, adapter_dict: dict | None) -> MethodSpec:
+    """The method of the run, after the checks that need no model or data (the name, the `--config` it needs, the
+    adapter type it accepts, and that the config is this method's). Sets `args.method`."""
+    name = args.method
+    if name is None and adapter_dict is not None:
+        name = method_for_peft_type(_type_name(adapter_dict["peft_type"]))
+        if name is None:
+            raise ValueError(f"no training method accepts adapter type {adapter_dict['peft_type']!r} of `config` "
+                             f"{args.config}; pass --method")  # fmt: skip
+    spec = METHODS.get(name or "prograd")
+    if spec is None:
+        raise ValueError(f"unknown `method` {name!r}; available: {', '.join(sorted(METHODS))}")
+    args.method = spec.name
+    if adapter_dict is None:
+        if spec.needs_config and not (spec.kwargs_config and args.adapter_kwargs):
+            raise ValueError(
+                f"method {spec.name!r} has no preset adapter: pass --config (e.g. the DPL search's "
+                "found.json)" + (" or the lengths in --adapter_kwargs" if spec.kwargs_config else "")
+            )
+        return spec
+    kind = _type_name(adapter_dict["peft_type"])
+    if kind not in spec.accepts_peft_types:
+        raise ValueError(f"method {spec.name!r} cannot train a {kind!r} adapter from `config` {args.config}; "
+                         f"it accepts {list(spec.accepts_peft_types)}")  # fmt: skip
+    check_method_config(spec, adapter_dict | args.adapter_overrides(), f"`config` {args.config}")
+    return spec
+
+
+def check_method_config(spec: MethodSpec, config, where: str = "the adapter config") -> None:
+    """Refuse an adapter config that is not what `--method` names (the results would carry the wrong method)."""
+    reason = spec.check_config(config) if spec.check_config is not None else None
+    if reason:
+        raise ValueError(f"{where}: {reason}")
+
+
+def _type_name(value) -> str:
+    return str(getattr(value, "value", value)).lower()
+
+
+def allowed_adapter_settings(spec: MethodSpec, preset: Preset) -> tuple[set[str], set[str]]:
+    """`(names --adapter_kwargs may set, names it may not)` for a method built from its preset."""
+    cls = spec.resolved_config_class()
+    fields = _fields_of(cls) if cls is not None else set()
+    path = getattr(spec.build_config, "function_path", None)
+    if path is None:
+        return fields | set(preset.adapter), set()
+    params = {n for n, p in inspect.signature(_import(path)).parameters.items() if p.kind == p.KEYWORD_ONLY or
+              p.kind == p.POSITIONAL_OR_KEYWORD} - {"model_or_layers"}  # fmt: skip
+    computed = {"text_lengths", "vision_lengths"}  # the preset sizes them from n_ctx/depth and the backbone
+    return (fields - computed) | params | set(preset.adapter), computed

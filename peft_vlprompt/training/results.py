@@ -1,7 +1,31 @@
 """`all_results.json`: the run's accuracies per protocol next to zero-shot CLIP's, and the run's settings."""
 
+import logging
+from collections import Counter
+
 from .build import peft_type_name
 from .metrics import harmonic_mean
+
+logger = logging.getLogger(__name__)
+
+
+def shots_record(requested: int, task) -> dict:
+    """The shots actually trained on: `{"shots": K}` when every class had K images; else what each class got (as
+    CoOp, a class with fewer images uses all it has): `shots` = the count, or "min-max" when classes differ, next to
+    `shots_requested` and the classes that fell short."""
+    if requested == -1 or task.train is None or len(task.train) == 0:
+        return {"shots": requested}
+    counts = Counter(int(y) for y in task.train["label"])
+    per_class = [counts.get(i, 0) for i in range(task.num_classes)]
+    if min(per_class) >= requested:
+        return {"shots": requested}
+    low, high = min(per_class), max(per_class)
+    short = {task.classnames[i]: n for i, n in enumerate(per_class) if n < requested}
+    logger.warning("%d of %d classes had fewer than the %d shots asked for: the results record shots=%s (per class "
+                   "%s)", len(short), len(per_class), requested, low if low == high else f"{low}-{high}",
+                   short)  # fmt: skip
+    return {"shots": low if low == high else f"{low}-{high}", "shots_requested": requested,
+            "classes_with_fewer_shots": short}  # fmt: skip
 
 
 def _protocol_numbers(protocol: str, scores: dict[str, dict], names: list[str]) -> dict:
@@ -29,7 +53,7 @@ def assemble_results(
         "dataset": data.train.name,
         "protocol": args.protocol,
         "seed": args.seed,
-        "shots": args.shots,
+        **shots_record(args.shots, data.train),
         "model": args.model or "toy_clip",
         "template": data.train.template,
         "num_epochs": args.num_epochs if spec.trains else 0,
