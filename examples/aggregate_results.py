@@ -15,6 +15,8 @@ import argparse
 import functools
 import importlib.util
 import json
+import math
+import os
 import statistics
 import sys
 from collections import defaultdict
@@ -29,10 +31,33 @@ def load_runs(paths: list[str]) -> list[dict]:
         root = Path(root)
         files = [root] if root.is_file() else sorted(root.rglob("all_results.json"))
         for file in files:
-            run = json.loads(file.read_text())
+            run = read_run(file)
             run["_file"] = str(file)
             runs.append(run)
     return runs
+
+
+# keys every results file needs, and those its protocol's table reads
+REQUIRED = ("method", "dataset", "protocol", "seed")
+PROTOCOL_KEYS = {"base2new": ("base_accuracy", "new_accuracy"), "few_shot": ("accuracy",)}
+
+
+def read_run(file: Path) -> dict:
+    """One `all_results.json`, checked: errors name the file and what is wrong with it."""
+    try:
+        run = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"results file {file} is not valid JSON ({e}); delete it or rerun that experiment") from e
+    if not isinstance(run, dict):
+        raise ValueError(f"results file {file} must hold a JSON object, got {type(run).__name__}")
+    missing = [k for k in REQUIRED + PROTOCOL_KEYS.get(run.get("protocol"), ()) if k not in run]
+    if missing:
+        raise ValueError(f"results file {file} misses {missing} (protocol {run.get('protocol')!r})")
+    for key in PROTOCOL_KEYS.get(run["protocol"], ()):
+        value = run[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"results file {file}: `{key}` must be a finite number, got {value!r}")
+    return run
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -174,12 +199,17 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     if args.use_evaluate and importlib.util.find_spec("evaluate") is None:
         parser.error("--use_evaluate needs `evaluate`: pip install 'peft-vlprompt[evaluate]'")
-    runs = load_runs(args.paths)
+    try:
+        runs = load_runs(args.paths)
+    except ValueError as e:
+        parser.error(str(e))
     if not runs:
         parser.error(f"no all_results.json under {args.paths}")
     text = aggregate(runs, use_evaluate=args.use_evaluate)
     if args.output:
-        Path(args.output).write_text(text)
+        tmp = Path(f"{args.output}.tmp")  # complete-or-absent: a reader never sees half a table
+        tmp.write_text(text)
+        os.replace(tmp, args.output)
     else:
         sys.stdout.write(text)
     return text

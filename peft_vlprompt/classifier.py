@@ -19,13 +19,18 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .backbones import ClipBackbone, unwrap_clip
+from .finite import check_finite
 from .tuners.base import DEFAULT_TEMPLATE, VLPromptConfig, enabled_configs, prompt_layers, text_rows_for_classes
 from .tuners.cocoop.layer import image_conditioning
 from .tuners.tokens import class_text
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_TEXT_MEMORY_BUDGET = 2 * 2**30
+_NONFINITE_HINT = "NaN/inf inputs or prompts give no prediction (every class would tie)"
 
 
 class PromptClassifier(nn.Module):
@@ -40,6 +45,9 @@ class PromptClassifier(nn.Module):
         image_processor: optional `CLIPImageProcessor` for `predict(images)`.
         class_chunk_size: classes encoded per text-tower call (bounds memory for 1000-class datasets); for
             image-conditioned adapters, (image, class) prompt rows per call.
+        text_memory_budget: bytes of text-tower activations (estimated by `text_row_bytes`) one call may use; when
+            training needs more for all rows (CoCoOp: images x classes), each call's activations are recomputed in
+            backward instead of kept (same results). Default 2 GiB.
 
     Example:
         >>> clf = PromptClassifier(peft_model, tokenizer, ["cat", "dog"], image_processor=processor.image_processor)
@@ -55,6 +63,7 @@ class PromptClassifier(nn.Module):
         template: str = DEFAULT_TEMPLATE,
         image_processor=None,
         class_chunk_size: int = 256,
+        text_memory_budget: int = DEFAULT_TEXT_MEMORY_BUDGET,
     ) -> None:
         super().__init__()
         if "{}" not in template:
@@ -66,6 +75,10 @@ class PromptClassifier(nn.Module):
         self.template = template
         self.image_processor = image_processor
         self.class_chunk_size = class_chunk_size
+        if isinstance(text_memory_budget, bool) or not isinstance(text_memory_budget, int) or text_memory_budget < 1:
+            raise ValueError(f"`text_memory_budget` must be a number of bytes >= 1, got {text_memory_budget!r}")
+        self.text_memory_budget = text_memory_budget
+        self._logged_plans: set[tuple] = set()
         self.backbone = ClipBackbone.from_model(model)
         self._text_cache: tuple[tuple, torch.Tensor] | None = None
         self._zero_shot_cache: tuple[tuple, torch.Tensor] | None = None
@@ -123,16 +136,59 @@ class PromptClassifier(nn.Module):
         return self.clip.logit_scale.device
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Normalised text features (C, D), encoding `class_chunk_size` classes per call."""
+        """Normalised text features (C, D), in text-tower calls bounded by `class_chunk_size` and the memory budget."""
         input_ids = input_ids.to(self._device())
-        features = []
-        for start in range(0, input_ids.shape[0], self.class_chunk_size):
-            chunk = input_ids[start : start + self.class_chunk_size]
-            rows = torch.arange(start, start + chunk.shape[0], device=chunk.device)
+
+        def encode(start: int, stop: int) -> torch.Tensor:
+            rows = torch.arange(start, stop, device=input_ids.device)
             with text_rows_for_classes(self.model, rows):
-                out = self.model.get_text_features(input_ids=chunk)
-            features.append(out.pooler_output if hasattr(out, "pooler_output") else out)
-        return F.normalize(torch.cat(features), dim=-1)
+                out = self.model.get_text_features(input_ids=input_ids[start:stop])
+            return out.pooler_output if hasattr(out, "pooler_output") else out
+
+        return F.normalize(self._encode_rows(input_ids.shape[0], input_ids.shape[1], encode, "classes"), dim=-1)
+
+    # -- memory budget of the text tower ------------------------------------------------------------------------
+    def text_row_bytes(self, seq_len: int, keep_for_backward: bool) -> int:
+        """Estimated activation bytes of one prompt row in the text tower.
+
+        Per token and layer: ~8 x width (norms, q/k/v, attention output, residuals) + 3 x MLP width + 2 x heads x
+        seq_len (attention scores and probabilities); all layers are kept for backward, one at a time otherwise.
+        Measured on the toy CLIP with saved-tensor hooks: 122 KB/row against 138 KB estimated.
+        """
+        text = self.clip.config.text_config
+        per_layer = seq_len * (
+            8 * text.hidden_size + 3 * text.intermediate_size + 2 * text.num_attention_heads * seq_len
+        )
+        layers = text.num_hidden_layers if keep_for_backward else 1
+        return per_layer * layers * self.clip.logit_scale.element_size()
+
+    def _encode_rows(self, n_rows: int, seq_len: int, encode, what: str) -> torch.Tensor:
+        """`encode(start, stop)` over `n_rows` prompt rows, in calls of at most `class_chunk_size` rows and
+        `text_memory_budget` bytes. When gradients are needed and all rows' activations would exceed the budget,
+        each call is checkpointed (its activations are recomputed in backward): the same numbers, bounded memory."""
+        grad = torch.is_grad_enabled()
+        per_row = self.text_row_bytes(seq_len, grad)
+        chunk = max(1, min(self.class_chunk_size, self.text_memory_budget // per_row))
+        recompute = grad and n_rows > chunk and n_rows * per_row > self.text_memory_budget
+        plan = (what, grad, chunk, recompute)
+        if plan not in self._logged_plans and (recompute or n_rows > chunk):
+            self._logged_plans.add(plan)
+            logger.info(
+                "text tower: %d prompt rows (%s) of %d tokens, ~%s of activations%s (estimated); %d rows per "
+                "call (%d calls)%s",
+                n_rows, what, seq_len, _size(n_rows * per_row), " kept for backward" if grad else "", chunk,
+                -(-n_rows // chunk),
+                f", recomputed in backward to stay within `text_memory_budget`={_size(self.text_memory_budget)}"
+                if recompute else "",
+            )  # fmt: skip
+        features = []
+        for start in range(0, n_rows, chunk):
+            stop = min(start + chunk, n_rows)
+            if recompute:
+                features.append(checkpoint(encode, start, stop, use_reentrant=False))
+            else:
+                features.append(encode(start, stop))
+        return torch.cat(features)
 
     def _adapter_state_key(self) -> tuple:
         state = []
@@ -173,6 +229,8 @@ class PromptClassifier(nn.Module):
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Normalised image features (B, D) under the active adapter."""
+        if not self.training:  # prediction must not answer class 0 for NaN images (training: the loop checks)
+            check_finite([("pixel_values", pixel_values)], "the images cannot be classified", _NONFINITE_HINT)
         out = self.model.get_image_features(pixel_values=pixel_values.to(self._device()))
         return F.normalize(out.pooler_output if hasattr(out, "pooler_output") else out, dim=-1)
 
@@ -182,9 +240,9 @@ class PromptClassifier(nn.Module):
     def conditioned_text_features(self, image_features: torch.Tensor) -> torch.Tensor:
         """Normalised (B, C, D) features of every class prompt conditioned on every image (image-conditioned adapters).
 
-        The B x C rows are encoded image-major in text-tower calls of at most `class_chunk_size` rows; each call runs
-        the meta-net only for the images its rows belong to. Recomputed on every call (the features depend on the
-        images).
+        The B x C rows are encoded image-major in text-tower calls of at most `class_chunk_size` rows (and
+        `text_memory_budget` bytes: see `_encode_rows`); each call runs the meta-net only for the images its rows
+        belong to. Recomputed on every call (the features depend on the images).
         """
         config = self.prompt_config()
         if not getattr(config, "image_conditioned", False):
@@ -192,9 +250,9 @@ class PromptClassifier(nn.Module):
         ids = self._prompt_ids(config).to(self._device())
         n_images, n_classes = image_features.shape[0], ids.shape[0]
         n_rows = n_images * n_classes
-        features = []
-        for start in range(0, n_rows, self.class_chunk_size):
-            stop = min(start + self.class_chunk_size, n_rows)
+
+        def encode(start: int, stop: int) -> torch.Tensor:
+            # sets the conditioning itself, so that a checkpointed call recomputes under the same conditioning
             first, last = start // n_classes, (stop - 1) // n_classes  # images whose rows are in this chunk
             rows = torch.arange(start, stop, device=ids.device)
             classes = rows % n_classes
@@ -203,8 +261,11 @@ class PromptClassifier(nn.Module):
                 text_rows_for_classes(self.model, classes),
             ):
                 out = self.model.get_text_features(input_ids=ids[classes])
-            features.append(out.pooler_output if hasattr(out, "pooler_output") else out)
-        return F.normalize(torch.cat(features), dim=-1).view(n_images, n_classes, -1)
+            return out.pooler_output if hasattr(out, "pooler_output") else out
+
+        what = f"{n_images} images x {n_classes} classes"
+        features = self._encode_rows(n_rows, ids.shape[1], encode, what)
+        return F.normalize(features, dim=-1).view(n_images, n_classes, -1)
 
     def _prompt_ids(self, config: VLPromptConfig) -> torch.Tensor:
         """Token ids of the current prompts, cached by prompt text (the per-image path asks for them every batch)."""
@@ -216,9 +277,16 @@ class PromptClassifier(nn.Module):
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """Scaled cosine logits (B, C) from (B, D) image features and (C, D) or per-image (B, C, D) text features."""
         text_features = text_features.to(image_features.dtype)
+        if not self.training:  # a NaN logit row argmaxes to class 0: refuse instead of answering
+            named = [("image_features", image_features), ("text_features", text_features)]
+            check_finite(named, "the logits cannot be computed", _NONFINITE_HINT)
         if text_features.dim() == 3:
-            return self.logit_scale() * torch.einsum("bd,bcd->bc", image_features, text_features)
-        return self.logit_scale() * image_features @ text_features.t()
+            logits = self.logit_scale() * torch.einsum("bd,bcd->bc", image_features, text_features)
+        else:
+            logits = self.logit_scale() * image_features @ text_features.t()
+        if not self.training:
+            check_finite([("logits", logits)], "the logits are non-finite", "the model's `logit_scale` is not finite")
+        return logits
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`logit_scale.exp() * cos(image, class text)`, shape (B, C)."""
@@ -240,6 +308,10 @@ class PromptClassifier(nn.Module):
         finally:
             self.train(was_training)
         return pred if return_index else [self.classnames[i] for i in pred]
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
 
 
 class adapters_disabled:

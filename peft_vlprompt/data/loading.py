@@ -1,11 +1,12 @@
 """`load_task`: the one entry point the training loop calls (dataset name -> few-shot, base/new `TaskData`)."""
 
+import io
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasets import Dataset, Value
+from datasets import Dataset, Image, Value
 
 from .coop_layout import READERS, LayoutSplits, column_list, dataset_dir_for, items_to_dataset, read_layout
 from .fewshot import SUBSAMPLES, apply_relabel, base_new_relabel, few_shot_indices, normalize_shots, seed_everything
@@ -76,6 +77,48 @@ class _HFSplit:
         return ds.add_column("classname", [names[y] for y in labels], feature=Value("string"))
 
 
+def check_files_exist(splits: dict[str, "_ItemSplit | None"], dataset: str) -> None:
+    """Every image the run will read must exist: checked up front (one `stat` per file), not mid-training."""
+    missing, total = [], 0
+    for split_name, split in splits.items():
+        if not isinstance(split, _ItemSplit):
+            continue
+        total += len(split.items)
+        missing += [(split_name, split.root / rel) for rel, _, _ in split.items if not (split.root / rel).is_file()]
+    if missing:
+        shown = "; ".join(f"{path} ('{split}')" for split, path in missing[:5])
+        raise FileNotFoundError(
+            f"Dataset '{dataset}': {len(missing)} of the {total} image files its splits reference are missing: "
+            f"{shown}{' ...' if len(missing) > 5 else ''}. Check `data_dir` and that the dataset is fully extracted."
+        )
+
+
+def verify_images(splits: dict[str, Dataset | None], dataset: str) -> None:
+    """Decode every image once (the optional `verify_images` check), naming the unreadable files or rows."""
+    from PIL import Image as PILImage
+
+    bad, total = [], 0
+    for split_name, ds in splits.items():
+        if ds is None or not isinstance(ds.features.get("image"), Image):
+            continue  # arrays/tensors are decoded already
+        paths = column_list(ds.cast_column("image", Image(decode=False)), "image")
+        total += len(paths)
+        for i, entry in enumerate(paths):
+            where = entry.get("path") or f"'{split_name}' row {i}"
+            try:
+                if entry.get("bytes") is not None:
+                    PILImage.open(io.BytesIO(entry["bytes"])).load()
+                else:
+                    with PILImage.open(entry["path"]) as im:
+                        im.load()
+            except Exception as e:  # PIL raises several types for truncated / non-image files
+                bad.append(f"{where} ({type(e).__name__}: {e})")
+    if bad:
+        shown = "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise ValueError(f"Dataset '{dataset}': {len(bad)} of {total} images cannot be decoded: {shown}")
+    logger.info("Dataset '%s': all %d images decode.", dataset, total)
+
+
 def _check_raw(raw: RawSplits, name: str) -> None:
     if not isinstance(raw, RawSplits):
         raise TypeError(f"The builder of dataset '{name}' must return RawSplits, got {type(raw).__name__}.")
@@ -130,6 +173,7 @@ def load_task(
     seed: int,
     subsample: str = "all",
     template: str | None = None,
+    verify: bool = False,
 ) -> TaskData:
     """Loads a registered dataset as a few-shot task.
 
@@ -141,6 +185,8 @@ def load_task(
         seed: run seed; Python's `random`, NumPy and torch are seeded with it before sampling.
         subsample: `"all"`, `"base"` (first half of the sorted classes) or `"new"` (second half).
         template: None for the dataset's CoOp template, a `TEMPLATES` table name, or a format string with one `{}`.
+        verify: decode every image of the returned splits once, up front (slow on big datasets); that every
+            referenced image file exists is always checked.
 
     Few-shot splits of CoOp-layout datasets are cached in `<dataset dir>/split_fewshot/shot_{K}-seed_{S}.json`.
     """
@@ -200,14 +246,21 @@ def load_task(
     elif shots is not None:
         logger.info("Dataset '%s' has no train split; `shots`=%d is ignored.", spec.name, shots)
 
+    check_files_exist({"train": train, "val": val, "test": test}, spec.name)
     relabel = base_new_relabel(train.labels, subsample) if train is not None else None
     if relabel is not None:
         classnames = [classnames[old] for old in relabel]  # relabel is ordered by new label
+    out = {
+        name: None if split is None else split.to_dataset(relabel)
+        for name, split in (("train", train), ("val", val), ("test", test))
+    }
+    if verify:
+        verify_images(out, spec.name)
     return TaskData(
         name=spec.name,
-        train=None if train is None else train.to_dataset(relabel),
-        val=None if val is None else val.to_dataset(relabel),
-        test=test.to_dataset(relabel),
+        train=out["train"],
+        val=out["val"],
+        test=out["test"],
         classnames=classnames,
         template=template,
         shots=shots,

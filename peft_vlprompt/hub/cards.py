@@ -20,7 +20,8 @@ from peft import PeftConfig, PeftModel
 from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
 from safetensors import safe_open
 
-from ..tuners.base import DEFAULT_TEMPLATE, VLPromptConfig
+from ..model_refs import TOY_CLIP_NAME, portable_model_reference
+from ..tuners.base import DEFAULT_TEMPLATE, VLPromptConfig, check_weights_file
 from .methods import BIBTEX, card_key, method_card
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def adapter_facts(
     config = PeftConfig.from_pretrained(str(folder))
     if not isinstance(config, VLPromptConfig):
         raise TypeError(f"{str(folder)!r} holds a {type(config).__name__}; cards describe peft_vlprompt adapters only")
+    check_weights_file(folder / SAFETENSORS_WEIGHTS_NAME)  # a corrupt file fails naming itself
     with safe_open(folder / SAFETENSORS_WEIGHTS_NAME, framework="pt") as weights:
         shapes = [weights.get_slice(key).get_shape() for key in weights.keys()]
     return config, sum(math.prod(shape) for shape in shapes), len(shapes)
@@ -224,6 +226,13 @@ def _py(value) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def base_line(base_model: str) -> str:
+    """`base = ...` of the usage snippet; the shipped toy CLIP is found through the installed package."""
+    if base_model == TOY_CLIP_NAME:
+        return "base = toy_clip_path()  # the toy CLIP shipped with peft_vlprompt"
+    return f"base = {_py(base_model)}"
+
+
 def usage_code(
     repo_id: str, base_model: str, classnames: Sequence[str], template: str | None, class_specific: bool
 ) -> tuple[str, str]:
@@ -240,8 +249,9 @@ def usage_code(
             "from peft import PeftModel",
             "from PIL import Image",
             "from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer",
+            *(["from peft_vlprompt.toy import toy_clip_path"] if base_model == TOY_CLIP_NAME else []),
             "",
-            f"base = {_py(base_model)}",
+            base_line(base_model),
             f"model = PeftModel.from_pretrained(CLIPModel.from_pretrained(base), {_py(repo_id)}).eval()",
             "tokenizer = CLIPTokenizer.from_pretrained(peft_vlprompt.assets.clip_tokenizer_path())  # CLIP's BPE",
             "image_processor = CLIPImageProcessor.from_pretrained(base)",
@@ -261,6 +271,23 @@ def usage_code(
         ]
     )
     return load, pipe
+
+
+def check_finite_results(results: Mapping | None, where: str = "results") -> None:
+    """Raise a `ValueError` naming the key if any number in `results` (nested dicts/lists) is NaN or inf."""
+    items = results.items() if isinstance(results, Mapping) else enumerate(results or ())
+    for key, value in items:
+        path = f"{where}[{key!r}]"
+        if isinstance(value, (Mapping, list, tuple)):
+            check_finite_results(value, path)
+        elif _is_number(value) and not math.isfinite(float(value)):
+            raise ValueError(f"`{path}` is {value}: non-finite results are not written into a card or published")
+
+
+def check_publishable(model: PeftModel, results: Mapping | None = None, adapter_name: str | None = None) -> None:
+    """Before any upload: the adapter's tensors and the results must be finite (raises `ValueError` naming them)."""
+    adapter_facts(model, adapter_name)  # reads the state dict, which refuses non-finite tensors
+    check_finite_results(results)
 
 
 def _first(*values):
@@ -297,18 +324,19 @@ def render_card(
             to a local folder); the training loop's local card turns it off.
     """
     results = dict(results or {})
+    check_finite_results(results)
     training_config = safe_training_config(training_config)
     config, n_params, n_tensors = adapter_facts(model, adapter_name)
     method = method_of(config)
     variant = card_key(method, config)
     info = method_card(variant)
     dataset = _first(dataset, results.get("dataset"), training_config.get("dataset"))
-    base_model = _first(base_model, config.base_model_name_or_path)
+    base_model = portable_model_reference(_first(base_model, config.base_model_name_or_path))
     # the results hold the resolved template string; the arguments may hold a template table name instead
     templates = (template, results.get("template"), training_config.get("template"))
     template = next((t for t in templates if isinstance(t, str) and "{}" in t), DEFAULT_TEMPLATE)
-    hub_base = base_model if is_hub_id(base_model) else None
-    if hub_base is None and warn_local_base:
+    hub_base = base_model if is_hub_id(base_model) and base_model != TOY_CLIP_NAME else None
+    if hub_base is None and base_model != TOY_CLIP_NAME and warn_local_base:
         logger.warning(
             "base model %r is not a Hub id; pass `base_model=` (e.g. 'openai/clip-vit-base-patch16') so the card "
             "and AutoPeftModel point to it",
@@ -319,6 +347,8 @@ def render_card(
     classnames = _first(classnames, training_config.get("classnames"), results.get("classnames"))
     if not classnames:
         classnames = [f"class_{i}" for i in range(n_classes)] if class_specific and n_classes else ["cat", "dog"]
+    if repo_id is None and isinstance(model, (str, os.PathLike)):
+        repo_id = os.path.abspath(model)  # a local adapter's card loads it from where it is, as written
     repo_id = repo_id or PLACEHOLDER_REPO_ID
 
     rows = result_rows(results, dataset)

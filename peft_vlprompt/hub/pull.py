@@ -10,6 +10,7 @@ import os
 
 from peft import PeftConfig, PeftModel
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+from peft.utils import CONFIG_NAME
 from torch import nn
 from transformers import CLIPModel
 
@@ -45,6 +46,9 @@ def load_prompts(
     if unknown:
         raise TypeError(f"unexpected keyword arguments {sorted(unknown)}; accepted: {list(_HUB_KWARGS)}")
     repo_or_dir = str(repo_or_dir)
+    folder = os.path.join(repo_or_dir, hub_kwargs.get("subfolder") or "")
+    if os.path.isdir(folder):  # peft's own reader reports a broken file without naming it
+        VLPromptConfig.from_json_file(os.path.join(folder, CONFIG_NAME))
     peft_type = PeftConfig._get_peft_type(repo_or_dir, **hub_kwargs)
     config_cls = PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type)
     if config_cls is None or not issubclass(config_cls, VLPromptConfig):

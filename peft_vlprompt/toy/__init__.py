@@ -7,8 +7,7 @@
 ['red circle', 'blue circle']
 """
 
-from pathlib import Path
-
+from ..model_refs import TOY_CLIP_DIR, TOY_CLIP_NAME
 from .captions import HELD_OUT_TEMPLATES
 from .splits import image_seed, toy_example, toy_splits
 from .world import (
@@ -28,13 +27,16 @@ from .world import (
     render_array,
 )
 
-TOY_CLIP_DIR = Path(__file__).parent / "toy_clip"
 # the downstream default: the domain the pretraining saw least of (20% of images, and cleaner ones)
 DEFAULT_DOMAIN = "photo"
 
 
 def toy_clip_path() -> str:
-    """Directory of the shipped toy CLIP (loads with `CLIPModel/CLIPProcessor.from_pretrained` and `pipeline`)."""
+    """Directory of the shipped toy CLIP (loads with `CLIPModel/CLIPProcessor.from_pretrained` and `pipeline`).
+
+    Adapters trained on it record the portable name `TOY_CLIP_NAME` ("peft-vlprompt/toy-clip") instead of this
+    path; our configs resolve that name back to this folder when they are loaded, on any machine.
+    """
     return str(TOY_CLIP_DIR)
 
 
@@ -57,6 +59,7 @@ __all__ = [
     "SHAPES",
     "TASKS",
     "TOY_CLIP_DIR",
+    "TOY_CLIP_NAME",
     "ToyTask",
     "classnames",
     "get_task",

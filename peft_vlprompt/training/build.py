@@ -47,11 +47,9 @@ def load_clip(model: str | None):
     from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
     from ..assets import clip_tokenizer_path
+    from ..model_refs import TOY_CLIP_NAME, resolve_model_reference
 
-    if model is None:
-        from ..toy import toy_clip_path
-
-        model = toy_clip_path()
+    model = resolve_model_reference(TOY_CLIP_NAME if model is None else model)  # the toy's portable name too
     clip = CLIPModel.from_pretrained(model)
     shipped = CLIPTokenizer.from_pretrained(clip_tokenizer_path())
     try:
@@ -147,7 +145,8 @@ def load_protocol_data(args, table: str, needs_train: bool = True) -> ProtocolDa
 
     def load(name: str, subsample: str, shots_: int | None = shots):
         return load_task(name, args.data_dir, shots=shots_, seed=args.seed, subsample=subsample,
-                         template=template_for(name, args.template, table))  # fmt: skip
+                         template=template_for(name, args.template, table),
+                         verify=bool(getattr(args, "verify_images", False)))  # fmt: skip
 
     if args.protocol == "base2new":
         base, new = load(args.dataset, "base"), load(args.dataset, "new")

@@ -6,17 +6,23 @@ gives `get_peft_model`, save/load, multi-adapter, `disable_adapter` and `unload`
 """
 
 import contextlib
+import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils import SAFETENSORS_WEIGHTS_NAME
+from safetensors import safe_open
 from torch import nn
 
 from .._peft_compat import ensure_peft_type
 from .._validation import check_fields, check_known_keys
 from ..backbones import ClipBackbone
+from ..finite import check_finite
+from ..model_refs import portable_model_reference, resolve_model_reference
 from .tokens import class_text
 
 DEFAULT_TEMPLATE = "a photo of a {}."
@@ -48,6 +54,8 @@ class VLPromptConfig(PeftConfig):
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = ensure_peft_type(self.method_name)
+        # a portable name (`peft-vlprompt/toy-clip`) loads the installed copy; `to_dict` writes the name back
+        self.base_model_name_or_path = resolve_model_reference(self.base_model_name_or_path)
         # every field of every method, whatever the source (Python, a JSON file, --adapter_kwargs), is checked
         # against its annotation and `metadata` (min/max/gt/choices) before the subclass checks its own rules
         check_fields(self, skip=PeftConfig.__dataclass_fields__, rules=self.shared_field_rules)
@@ -63,6 +71,44 @@ class VLPromptConfig(PeftConfig):
             return super().from_peft_type(**kwargs)
         check_known_keys(kwargs, config_cls.__dataclass_fields__, config_cls.__name__)
         return config_cls(**kwargs)
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        out["base_model_name_or_path"] = portable_model_reference(out.get("base_model_name_or_path"))
+        return out
+
+    # -- loading: errors name the file ----------------------------------------------------------------------------
+    @classmethod
+    def from_json_file(cls, path_json_file: str, **kwargs):
+        try:
+            data = super().from_json_file(path_json_file, **kwargs)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"adapter config {path_json_file} is not valid JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise ValueError(f"adapter config {path_json_file} must hold a JSON object, got {type(data).__name__}")
+        return data
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs):
+        """peft's loader, plus: errors name the file, and a local weights file is checked to be readable first.
+
+        The config remembers where it came from (`_weights_source`), so the load hook can name the weights file.
+        """
+        source = str(pretrained_model_name_or_path)
+        folder = os.path.join(source, subfolder) if subfolder else source
+        try:
+            config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        except (TypeError, ValueError) as e:
+            if source in str(e):
+                raise
+            raise type(e)(f"adapter config in {folder}: {e}") from e
+        weights = os.path.join(folder, SAFETENSORS_WEIGHTS_NAME)
+        if os.path.isdir(folder):
+            check_weights_file(weights)
+            config._weights_source = f"adapter file {weights}"
+        else:
+            config._weights_source = f"adapter file {SAFETENSORS_WEIGHTS_NAME} of {folder}"
+        return config
 
     # -- hooks used by the tuner and the classifier -------------------------------------------------------------
     def target_module_names(self, backbone: ClipBackbone) -> list[str]:
@@ -164,12 +210,88 @@ class VLPromptTuner(BaseTuner):
         raise ValueError(f"{type(self).__name__} learns prompts, which cannot be merged into the base weights")
 
     @classmethod
+    def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
+        # every save (save_pretrained, checkpoints, hub push) goes through here: nothing non-finite leaves the model
+        out = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
+        check_finite(
+            ((_short_key(k, adapter_name), v) for k, v in out.items()),
+            f"refusing to save adapter {adapter_name!r}",
+            "nothing non-finite is saved or published; retrain (e.g. with a lower learning rate)",
+        )
+        return out
+
+    @classmethod
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
-        # peft's load path ends in torch's long `size mismatch` RuntimeError when an adapter saved on one CLIP
-        # architecture is loaded into another; fail first with a message naming both shapes and the base model.
+        # peft loads with strict=False and ends in torch's long `size mismatch` RuntimeError: check first that the
+        # file holds every tensor of this adapter and nothing else, with the right shapes and finite values.
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
         check_adapter_fits(model, remapped, config, adapter_name)
+        check_adapter_complete(model, remapped, config, adapter_name)
+        check_finite(
+            ((_short_key(k, adapter_name), v) for k, v in remapped.items()),
+            f"{_source(config)} holds non-finite values",
+            "the file is corrupt or was saved from a diverged run",
+        )
         return remapped
+
+
+def _short_key(key: str, adapter_name: str) -> str:
+    return key.removeprefix("base_model.model.").removesuffix("." + adapter_name).replace(f".{adapter_name}.", ".")
+
+
+def _source(config: PeftConfig) -> str:
+    return getattr(config, "_weights_source", None) or "the adapter state dict"
+
+
+def check_weights_file(path: str | os.PathLike) -> None:
+    """Raise a `ValueError` naming `path` if it exists but is not a readable safetensors file (truncated, random)."""
+    if not os.path.isfile(path):
+        return
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                f.get_slice(key).get_shape()
+    except Exception as e:  # safetensors raises its own error types, none naming the file
+        raise ValueError(
+            f"adapter file {path} is not a valid safetensors file ({type(e).__name__}: {e}); it is truncated or "
+            "corrupt: save or download it again"
+        ) from e
+
+
+def adapter_model_keys(model: nn.Module, adapter_name: str) -> set[str]:
+    """State-dict keys of `model` that hold adapter `adapter_name`'s tensors in our layers (what a file must supply)."""
+    keys = set()
+    for module_name, module in model.named_modules():
+        if not isinstance(module, VLPromptLayer):
+            continue
+        for attr in module.adapter_layer_names + module.other_param_names:
+            store = getattr(module, attr, None)
+            if not isinstance(store, nn.Module) or not hasattr(store, "keys") or adapter_name not in store.keys():
+                continue
+            entry = store[adapter_name]
+            base = f"{module_name}.{attr}.{adapter_name}" if module_name else f"{attr}.{adapter_name}"
+            keys |= {f"{base}.{k}" for k in entry.state_dict()} if isinstance(entry, nn.Module) else {base}
+    return keys & set(model.state_dict())  # non-persistent buffers are rebuilt, never saved
+
+
+def check_adapter_complete(model: nn.Module, state_dict: dict, config: PeftConfig, adapter_name: str) -> None:
+    """Raise a `ValueError` naming the source and the keys if tensors of the adapter are missing or unexpected."""
+    expected = adapter_model_keys(model, adapter_name)
+    current = model.state_dict()
+    missing = sorted(expected - set(state_dict))
+    unexpected = sorted(k for k in state_dict if k not in expected and k not in current)
+    if not missing and not unexpected:
+        return
+    parts = []
+    for what, keys in (("misses", missing), ("has unexpected", unexpected)):
+        if keys:
+            shown = ", ".join(f"`{_short_key(k, adapter_name)}`" for k in keys[:5])
+            parts.append(f"{what} {len(keys)} tensor(s): {shown}" + (" ..." if len(keys) > 5 else ""))
+    method = getattr(config.peft_type, "value", config.peft_type).lower()
+    raise ValueError(
+        f"{_source(config)} does not hold adapter {adapter_name!r} ({method}): it {'; it '.join(parts)}. "
+        f"Expected {len(expected)} tensor(s), found {len(state_dict)}: was it saved from another method or config?"
+    )
 
 
 def check_adapter_fits(model: nn.Module, state_dict: dict, config: PeftConfig, adapter_name: str) -> None:
@@ -183,14 +305,13 @@ def check_adapter_fits(model: nn.Module, state_dict: dict, config: PeftConfig, a
     if not mismatched:
         return
     details = "; ".join(
-        f"`{key.removeprefix('base_model.model.').removesuffix('.' + adapter_name)}` has shape {saved} in the saved "
-        f"adapter but {expected} in this model"
+        f"`{_short_key(key, adapter_name)}` has shape {saved} in the saved adapter but {expected} in this model"
         for key, saved, expected in mismatched
     )
     b = ClipBackbone.from_model(model)
     method = getattr(config.peft_type, "value", config.peft_type).lower()
     raise ValueError(
-        f"adapter {adapter_name!r} ({method}) does not fit this base model: {details}. This "
+        f"adapter {adapter_name!r} ({method}) does not fit this base model: {details} ({_source(config)}). This "
         f"model has text width {b.text_width} x {b.text_layers} layers and vision width {b.vision_width} x "
         f"{b.vision_layers} layers; the adapter was trained on "
         f"`{config.base_model_name_or_path or 'an unnamed CLIP model'}`: load it into that checkpoint"
