@@ -27,7 +27,3 @@ def portable_model_reference(name: str | os.PathLike | None) -> str | os.PathLik
         except OSError:
             pass
     return name
-
-
-def is_toy_clip(name: str | os.PathLike | None) -> bool:
-    return portable_model_reference(resolve_model_reference(name)) == TOY_CLIP_NAME
