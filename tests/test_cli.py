@@ -113,6 +113,11 @@ def test_method_must_match_the_config_it_trains(tmp_path, nothing_loaded):
     config.write_text(json.dumps(maple, default=str))
     with pytest.raises(ValueError, match=r"--method ivlp trains uncoupled .*it is a maple config"):
         main(["--method", "ivlp", "--config", str(config), "--output_dir", str(tmp_path / "out")])
+    # the same through --adapter_kwargs on a preset (built once without a model to check it)
+    with pytest.raises(ValueError, match=r"`adapter_kwargs` \{'coupling': 'maple'\}: --method ivlp trains uncoupled"):
+        main(["--method", "ivlp", "--adapter_kwargs", '{"coupling": "maple"}', "--output_dir", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match=r"method 'maple'.*multiple values for keyword argument 'coupling'"):
+        main(["--method", "maple", "--adapter_kwargs", '{"coupling": "none"}', "--output_dir", str(tmp_path / "o")])
 
 
 # -- item 8: a resume must repeat the run's arguments and adapter --------------------------------------------------
@@ -145,6 +150,8 @@ def test_typo_in_the_adapter_config_file_is_named(tmp_path, nothing_loaded):
         main(["--config", str(config), "--adapter_kwargs", '{"init_sdt": 0.1}', "--output_dir", str(tmp_path / "o")])
     with pytest.raises(ValueError, match=r"`adapter_kwargs` for method 'coop': unknown field 'nctx' \(did you mean"):
         main(["--method", "coop", "--adapter_kwargs", '{"nctx": 8}', "--output_dir", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match=r"for method 'coop': `init_std` must be > 0, got -0.1"):
+        main(["--method", "coop", "--adapter_kwargs", '{"init_std": -0.1}', "--output_dir", str(tmp_path / "o")])
 
 
 # -- item 16: paths and required combinations are checked before anything is loaded -------------------------------

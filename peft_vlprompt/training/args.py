@@ -440,7 +440,7 @@ def apply_config_file(args: TrainArguments) -> dict | None:
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
         if key in explicit:
-            if value != values[key]:
+            if value != values[key] and CONFIG_FILE not in args.sources.values():  # said once, not on re-application
                 logger.info("--%s %s from the command line overrides %s from %s", key, values[key], value, where)
             continue
         values[key], sources[key] = value, CONFIG_FILE

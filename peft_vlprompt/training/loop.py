@@ -21,7 +21,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .._validation import check_known_keys
 from ..backbones import ClipBackbone
 from ..classifier import PromptClassifier
 from ..data import make_transform
@@ -52,7 +51,7 @@ from .hooks import epoch_end_hooks, image_conditioned
 from .methods import (
     BuildContext,
     MethodSpec,
-    allowed_adapter_settings,
+    check_adapter_settings,
     check_method_config,
     get_method,
     resolve_method,
@@ -100,18 +99,8 @@ def _resolve_method(args: TrainArguments) -> tuple[MethodSpec, dict | None]:
 
 def _check_adapter_settings(spec: MethodSpec, adapter_dict: dict | None, args: TrainArguments) -> None:
     """The adapter config (from the file, or the preset's settings + `--adapter_kwargs`) is valid, before any load."""
-    if adapter_dict is not None:
-        check_method_config(spec, config_from_dict(adapter_dict, args.adapter_overrides(), f"`config` {args.config}"))
-    elif spec.trains and args.adapter_kwargs:
-        allowed, computed = allowed_adapter_settings(spec, get_preset(spec.name, PresetContext(
-            args.protocol, args.shots, args.dataset)))  # fmt: skip
-        fixed = sorted(set(args.adapter_overrides()) & computed)
-        if fixed:
-            raise ValueError(
-                f"`adapter_kwargs` sets {fixed}, which the {spec.name} preset computes from its lengths "
-                "and depth: set those instead, or train the lengths as given with --method deep_prompt"
-            )
-        check_known_keys(args.adapter_overrides(), allowed, f"`adapter_kwargs` for method {spec.name!r}")
+    check_adapter_settings(spec, adapter_dict, args, get_preset(spec.name, PresetContext(args.protocol, args.shots,
+                                                                                          args.dataset)))  # fmt: skip
 
 
 def _expected_peft_type(spec: MethodSpec, adapter_dict: dict | None) -> str | None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .._validation import check_known_keys
 from .presets import Preset
 
 if TYPE_CHECKING:  # the registry itself stays light: the command line checks method names before torch is imported
@@ -397,3 +398,39 @@ def allowed_adapter_settings(spec: MethodSpec, preset: Preset) -> tuple[set[str]
               p.kind == p.POSITIONAL_OR_KEYWORD} - {"model_or_layers"}  # fmt: skip
     computed = {"text_lengths", "vision_lengths"}  # the preset sizes them from n_ctx/depth and the backbone
     return (fields - computed) | params | set(preset.adapter), computed
+
+
+def check_adapter_settings(spec: MethodSpec, adapter_dict: dict | None, args, preset: Preset) -> None:
+    """Build the adapter config once without a model, so a bad field of the `--config` file or of `--adapter_kwargs`
+    (unknown, wrong type, out of range, or not this method) fails before any data or model is loaded.
+
+    Preset-built configs are sized for a 12-layer CLIP here (the real build sizes them to the loaded backbone)."""
+    from .build import config_from_dict
+
+    overrides = args.adapter_overrides()
+    if adapter_dict is not None:
+        check_method_config(spec, config_from_dict(adapter_dict, overrides, f"`config` {args.config}"))
+        return
+    if not spec.trains or not overrides:
+        return
+    allowed, computed = allowed_adapter_settings(spec, preset)
+    fixed = sorted(set(overrides) & computed)
+    if fixed:
+        raise ValueError(f"`adapter_kwargs` sets {fixed}, which the {spec.name} preset computes from its lengths and "
+                         "depth: set those instead, or train the lengths as given with --method deep_prompt")  # fmt: skip
+    check_known_keys(overrides, allowed, f"`adapter_kwargs` for method {spec.name!r}")
+    settings = preset.adapter | overrides
+    path = getattr(spec.build_config, "function_path", None)
+    try:
+        if path is not None:
+            config = _import(path)(12, **settings)
+        elif spec.build_config is _coop_family:
+            ctx = BuildContext(None, "a photo of a {}.", 2, args.dataset)  # the teacher template does not matter here
+            config = _coop_family(spec.resolved_config_class(), settings, ctx)
+        else:
+            return
+    except TypeError as e:  # e.g. a setting the preset function passes itself ("got multiple values")
+        raise ValueError(f"`adapter_kwargs` {overrides} for method {spec.name!r}: {e}") from None
+    except ValueError as e:
+        raise type(e)(f"`adapter_kwargs` {overrides} for method {spec.name!r}: {e}") from None
+    check_method_config(spec, config, f"`adapter_kwargs` {overrides}")
