@@ -100,7 +100,8 @@ def test_kill_and_resume_gives_a_bit_identical_adapter(model_dir, tmp_path):
     state = json.loads((part / "checkpoints" / "checkpoint_0" / "vlprompt_state.json").read_text())
     assert (state["method"], state["global_step"]) == ("prograd", 5)
     # the checkpoint holds the adapter only
-    assert list(load_file(str(part / "checkpoints" / "checkpoint_0" / "model.safetensors"))) == list(adapter(full))
+    saved = load_file(str(part / "checkpoints" / "checkpoint_0" / "adapter_model.safetensors"))
+    assert list(saved) == list(adapter(full))
     assert not torch.equal(*[adapter(p)[k] for p in (full, part) for k in adapter(full)])
     assert run(part, "--resume_from_checkpoint", "latest")["global_step"] == 8
     a, b = adapter(full), adapter(part)

@@ -19,6 +19,7 @@ function of the epoch, so resuming from it reproduces the uninterrupted run bit 
 import logging
 import math
 import os
+import pickle
 import random
 import shutil
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
+from .._atomic import fsync_dir, fsync_file, temp_name
 from ..tuners.dpl import DPLSearchConfig, alpha_parameters, prompt_parameters
 from .batches import TRAIN_STREAM, VAL_STREAM, CyclingBatches, pass_batches
 
@@ -217,6 +219,7 @@ class DPLSearch:
         )
         self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
         self.history: list[dict] = []
+        self._resumed: tuple[Path, int] | None = None  # (checkpoint, step) this search resumed from
 
     # -- one step ------------------------------------------------------------------------------------------------
     def _device(self) -> torch.device:
@@ -332,8 +335,14 @@ class DPLSearch:
         self.history = list(state["history"])
 
     def save_checkpoint(self) -> Path:
-        """Write `checkpoint-<step>/` (state on the main process, RNG states from every process), atomically."""
+        """Write `checkpoint-<step>/` (state on the main process, RNG states from every process), atomically.
+
+        It is written into a hidden folder and published by a rename, so every `checkpoint-<step>` is complete; an
+        existing folder of the same step is moved aside first and deleted only after the new one is in place.
+        """
         final = self.output_dir / f"{CHECKPOINT_PREFIX}{self.global_step}"
+        if self._resumed == (final, self.global_step) and final.is_dir():
+            return final  # nothing happened since resuming from it: rewriting would only open a window for a crash
         staging = self.output_dir / f".{final.name}.tmp"
         if self.rank == 0:
             shutil.rmtree(staging, ignore_errors=True)
@@ -344,8 +353,14 @@ class DPLSearch:
         _atomic_save(_rng_state(self.generators), staging / f"rng_{self.rank}.pt")
         self._barrier()
         if self.rank == 0:
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(staging, final)
+            fsync_dir(staging)
+            old = temp_name(self.output_dir, f".{final.name}.old-") if final.exists() else None
+            if old is not None:
+                os.rename(final, old)
+            os.rename(staging, final)
+            fsync_dir(self.output_dir)
+            if old is not None:
+                shutil.rmtree(old)
             logger.info("saved DPL search checkpoint %s", final)
         self._barrier()
         return final
@@ -355,10 +370,9 @@ class DPLSearch:
         path = latest_checkpoint(self.output_dir) if str(checkpoint) == "latest" else Path(checkpoint)
         if path is None or not (path / STATE_FILE).is_file():
             raise FileNotFoundError(f"no DPL search checkpoint at {checkpoint!r} (output_dir {self.output_dir})")
-        state = torch.load(path / STATE_FILE, map_location=self._device(), weights_only=True)
-        self.load_state_dict(state)
-        rng = torch.load(path / f"rng_{self.rank}.pt", map_location="cpu", weights_only=True)
-        _set_rng_state(rng, self.generators)
+        self.load_state_dict(_safe_load(path / STATE_FILE, self._device()))
+        _set_rng_state(_safe_load(path / f"rng_{self.rank}.pt", "cpu"), self.generators)
+        self._resumed = (path, self.global_step)
         logger.info("resumed the DPL search from %s (step %d)", path, self.global_step)
 
     def _barrier(self) -> None:
@@ -369,7 +383,16 @@ class DPLSearch:
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
+    fsync_file(tmp)
     os.replace(tmp, path)
+
+
+def _safe_load(path: Path, map_location) -> dict:
+    """`torch.load` with `weights_only=True` (tensors, containers and numbers only: a crafted pickle does not run)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ValueError(f"DPL search checkpoint file {path} cannot be loaded as weights only: {e}") from e
 
 
 class _null_context:

@@ -19,6 +19,7 @@ from huggingface_hub import HfApi
 from huggingface_hub.constants import REPOCARD_NAME
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 
+from .._atomic import temp_name
 from .cards import render_card  # importing the package registered the methods with peft
 
 logger = logging.getLogger(__name__)
@@ -59,8 +60,7 @@ def main(argv: list[str] | None = None) -> Path:
     )
     output = args.output or args.adapter_dir / REPOCARD_NAME
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
-    os.close(fd)
+    tmp = temp_name(output.parent, f".{output.name}.", ".tmp")  # created by card.save: mode from the umask
     card.save(tmp)
     os.replace(tmp, output)
     logger.info("wrote %s", output)

@@ -16,6 +16,7 @@ from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.constants import REPOCARD_NAME
 from peft import PeftModel
 
+from .._atomic import make_temp_dir, normal_mode
 from .cards import adapter_config, render_card
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def save_prompts_with_card(
     adapter_config(model)  # fail before writing anything if this is not a peft_vlprompt PeftModel
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=folder))
+    staging = make_temp_dir(folder, ".saving-")  # not mkdtemp: its 0700 would not respect the umask
     try:
         with _recorded_base_model(model, base_model):
             model.save_pretrained(staging, save_embedding_layers=False)  # prompts never change the vocabulary
@@ -88,6 +89,8 @@ def save_prompts_with_card(
                 template=template,
             )
         card.save(staging / REPOCARD_NAME)  # replaces the card peft's save_pretrained wrote
+        for path in staging.iterdir():
+            normal_mode(path)  # safetensors writes 0600
         _move_into(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -17,8 +17,8 @@ class GaussianPromptAggregator:
     """Accumulates `w_e * state_dict` after each epoch and returns the weighted sum.
 
     Typical use: `gpa.update(epoch, get_peft_model_state_dict(model))` at the end of every epoch, then
-    `set_peft_model_state_dict(model, gpa.aggregated())` after the last one. Register it with
-    `accelerator.register_for_checkpointing(gpa)` so it survives checkpoint/resume.
+    `set_peft_model_state_dict(model, gpa.aggregated())` after the last one. Its `state_dict` holds only tensors,
+    numbers and strings, so the training checkpoints keep it as JSON + safetensors (never pickled).
 
     Only floating-point tensors are aggregated (others, e.g. integer buffers, are ignored); sums are kept on the CPU
     in at least float32 and returned in each tensor's original dtype.
@@ -114,7 +114,7 @@ class GaussianPromptAggregator:
             "std": self.std,
             "updated_epochs": list(self._updated),
             "sums": {k: v.clone() for k, v in self._sums.items()},
-            # dtypes as strings keep the checkpoint loadable with `torch.load(weights_only=True)`.
+            # dtypes as strings: the state stays plain data (JSON + safetensors, or `torch.load(weights_only=True)`)
             "dtypes": {k: str(v).removeprefix("torch.") for k, v in self._dtypes.items()},
         }
 

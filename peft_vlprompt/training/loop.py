@@ -38,10 +38,11 @@ from .build import (
 from .checkpoint import (
     ADAPTER_DIR,
     CHECKPOINTS_DIR,
+    CheckpointManager,
     atomic_write_json,
     check_checkpoint,
-    checkpoint_number,
-    register_adapter_only_hooks,
+    check_output_dir,
+    clean_stale_temps,
     resolve_checkpoint,
     save_adapter_atomically,
 )
@@ -181,9 +182,10 @@ def train(args: TrainArguments) -> dict:
     if args.resume_from_checkpoint:  # a checkpoint of another method must fail before any work
         resume_dir = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
         check_checkpoint(resume_dir, spec.name, _expected_peft_type(spec, adapter_dict))
+    if spec.trains:  # a fresh run into an earlier run's checkpoints fails now, not after an epoch
+        check_output_dir(args.output_dir, resuming=resume_dir is not None)
 
-    project = ProjectConfiguration(project_dir=args.output_dir, automatic_checkpoint_naming=True,
-                                   total_limit=args.checkpoints_total_limit)  # fmt: skip
+    project = ProjectConfiguration(project_dir=args.output_dir)  # checkpoints are ours (checkpoint.py), not save_state
     accelerator = Accelerator(
         cpu=args.cpu or _multi_process_without_gpu(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -191,6 +193,8 @@ def train(args: TrainArguments) -> dict:
         log_with=args.report_to if args.with_tracking else None,
         project_config=project,
     )
+    if accelerator.is_main_process:
+        clean_stale_temps(args.output_dir)
     set_seed(args.seed)
     ctx0 = PresetContext(args.protocol, args.shots, args.dataset)
     data = load_protocol_data(args, get_preset(spec.name, ctx0).template_table, needs_train=spec.trains)
@@ -279,14 +283,14 @@ def _fit(args, spec, preset, config, model, classifier, module, objective, task,
     module, optimizer, train_loader = accelerator.prepare(module, optimizer, train_loader)
 
     state = RunState(spec.name, peft_type_name(config.peft_type), run_signature(args))
-    register_adapter_only_hooks(accelerator, model, state, config.to_dict())
-    accelerator.register_for_checkpointing(state)
     gpa = None
     if "gpa_mean" in preset.extra or hasattr(config, "gpa_mean"):
         mean = float(getattr(config, "gpa_mean", preset.extra.get("gpa_mean")))
         std = float(getattr(config, "gpa_std", preset.extra.get("gpa_std")))
         gpa = GaussianPromptAggregator(args.num_epochs, mean, std)
-        accelerator.register_for_checkpointing(gpa)
+    checkpoints = CheckpointManager(accelerator, args.output_dir, peft_model=model, optimizer=optimizer, state=state,
+                                    adapter_config=config.to_dict(), gpa=gpa,
+                                    total_limit=args.checkpoints_total_limit)  # fmt: skip
     if args.with_tracking:
         accelerator.init_trackers("peft_vlprompt", {k: v for k, v in vars(args).items() if v is not None and
                                                      isinstance(v, (int, float, str, bool))})  # fmt: skip
@@ -295,10 +299,7 @@ def _fit(args, spec, preset, config, model, classifier, module, objective, task,
     total = per_epoch * args.num_epochs
     stop_at = min(total, args.max_train_steps or total)
     if resume_dir is not None:
-        accelerator.load_state(str(resume_dir))
-        existing = [checkpoint_number(p) for p in (Path(args.output_dir) / CHECKPOINTS_DIR).glob("checkpoint_*")]
-        accelerator.project_configuration.iteration = max(existing + [checkpoint_number(resume_dir)]) + 1
-        logger.info("resumed from %s at optimizer step %d", resume_dir, state.global_step)
+        checkpoints.load(resume_dir)
     start_epoch, done_in_epoch = divmod(state.global_step, per_epoch)
     every = args.checkpoint_every
     last_saved = state.global_step if resume_dir is not None else -1
@@ -308,7 +309,7 @@ def _fit(args, spec, preset, config, model, classifier, module, objective, task,
 
     def save():
         nonlocal last_saved
-        accelerator.save_state()
+        checkpoints.save()
         last_saved = state.global_step
 
     for epoch in range(start_epoch, args.num_epochs):
