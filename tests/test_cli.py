@@ -98,6 +98,12 @@ def test_precedence_command_line_over_file_over_default():
         assert (args.seed, args.shots, args.momentum, args.weight_decay) == (3, 2, 0.5, 5e-4)
         assert args.sources["seed"] == "command line" and args.sources["shots"] == "config file"
         assert "weight_decay" not in args.sources  # the default
+        # built in Python, a value other than the default counts as given: it wins over the file too
+        from peft_vlprompt.training import TrainArguments
+
+        args = TrainArguments(config=config, seed=3)
+        apply_config_file(args)
+        assert (args.seed, args.shots, args.momentum) == (3, 2, 0.5)
 
 
 # -- item 4: the method named must be what the config builds -------------------------------------------------------
@@ -152,6 +158,23 @@ def test_typo_in_the_adapter_config_file_is_named(tmp_path, nothing_loaded):
         main(["--method", "coop", "--adapter_kwargs", '{"nctx": 8}', "--output_dir", str(tmp_path / "o")])
     with pytest.raises(ValueError, match=r"for method 'coop': `init_std` must be > 0, got -0.1"):
         main(["--method", "coop", "--adapter_kwargs", '{"init_std": -0.1}', "--output_dir", str(tmp_path / "o")])
+
+
+# -- a value that would have no effect is refused, never silently ignored ------------------------------------------
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--eval_datasets", "dtd"], r"`eval_datasets`=\['dtd'\] would be ignored: `protocol` 'base2new'"),
+        (["--num_views", "2"], r"`num_views`=2 would be ignored: it needs --cache_image_features"),
+        (["--hub_model_id", "me/x"], r"`hub_model_id`='me/x' would be ignored: it needs --push_to_hub"),
+        (["--checkpoints_total_limit", "2"], r"`checkpoints_total_limit`=2 would be ignored: no checkpoints"),
+        (["--report_to", "wandb"], r"`report_to`='wandb' would be ignored: it needs --with_tracking"),
+        (["--method", "coop", "--kd_weight", "0.5"], r"`kd_weight`=0.5 would be ignored: method 'coop' has no"),
+    ],
+)
+def test_values_that_would_be_ignored_are_refused(argv, match, tmp_path, nothing_loaded):
+    with pytest.raises(ValueError, match=match):
+        main([*argv, "--output_dir", str(tmp_path / "out")])
 
 
 # -- item 16: paths and required combinations are checked before anything is loaded -------------------------------
@@ -239,3 +262,14 @@ def test_a_run_is_free_of_third_party_noise(tmp_path):
                   "Saving current state", "FutureWarning", "UserWarning"):  # fmt: skip
         assert noise not in done.stderr, noise
     assert "wrote results:" in done.stderr and "hm" in done.stderr  # our own log lines are kept
+
+
+def test_a_local_adapter_folder_without_weights_is_named(tmp_path):
+    from peft import PeftModel, get_peft_model
+
+    from tests.tiny import tiny_clip
+
+    get_peft_model(tiny_clip(), CoOpConfig(n_ctx=4)).save_pretrained(str(tmp_path))
+    (tmp_path / "adapter_model.safetensors").unlink()
+    with pytest.raises(ValueError, match=rf"adapter folder {tmp_path} has no adapter_model\.safetensors"):
+        PeftModel.from_pretrained(tiny_clip(), str(tmp_path))

@@ -237,6 +237,7 @@ class TrainArguments:
                 )
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("`hub_model_id` is required with `push_to_hub` (e.g. --hub_model_id user/coop-dtd)")
+        self._check_nothing_ignored()
         if self.adapter_kwargs is not None:
             try:
                 parsed = json.loads(self.adapter_kwargs)
@@ -244,6 +245,23 @@ class TrainArguments:
                 raise ValueError(f"`adapter_kwargs` must be a JSON object, got {self.adapter_kwargs!r} ({e})") from e
             if not isinstance(parsed, dict):
                 raise ValueError(f"`adapter_kwargs` must be a JSON object, got {self.adapter_kwargs!r}")
+
+    def _check_nothing_ignored(self) -> None:
+        """A value that would have no effect in this run is an error, not silently ignored."""
+        unused = [
+            ("eval_datasets", self.eval_datasets is not None, self.protocol in ("few_shot", "base2new"),
+             f"`protocol` {self.protocol!r} evaluates on the training dataset only; targets need cross_dataset or "
+             "domain_generalization"),
+            ("num_views", self.num_views != 4, not self.cache_image_features, "it needs --cache_image_features"),
+            ("hub_model_id", self.hub_model_id is not None, not self.push_to_hub, "it needs --push_to_hub"),
+            ("hub_private", self.hub_private, not self.push_to_hub, "it needs --push_to_hub"),
+            ("checkpoints_total_limit", self.checkpoints_total_limit is not None, self.checkpointing_steps is None,
+             "no checkpoints are saved without --checkpointing_steps"),
+            ("report_to", self.report_to != "all", not self.with_tracking, "it needs --with_tracking"),
+        ]  # fmt: skip
+        for name, given, ignored, why in unused:
+            if given and ignored:
+                raise ValueError(f"`{name}`={getattr(self, name)!r} would be ignored: {why}")
 
     def default_output_dir(self) -> str:
         shots = "all" if self.shots == -1 else self.shots

@@ -361,6 +361,11 @@ def resolve_method(args, adapter_dict: dict | None) -> MethodSpec:
     if spec is None:
         raise ValueError(f"unknown `method` {name!r}; available: {', '.join(sorted(METHODS))}")
     args.method = spec.name
+    if spec.make_objective is not _kd_objective:  # only the distillation objective reads them
+        for name, default in (("kd_weight", None), ("kd_temperature", 1.0)):
+            if getattr(args, name) != default:
+                raise ValueError(f"`{name}`={getattr(args, name)!r} would be ignored: method {spec.name!r} has no "
+                                 "distillation term (dpl and deep_prompt have one)")  # fmt: skip
     if adapter_dict is None:
         if spec.needs_config and not (spec.kwargs_config and args.adapter_kwargs):
             raise ValueError(

@@ -104,6 +104,9 @@ class VLPromptConfig(PeftConfig):
             raise type(e)(f"adapter config in {folder}: {e}") from e
         weights = os.path.join(folder, SAFETENSORS_WEIGHTS_NAME)
         if os.path.isdir(folder):
+            if not os.path.isfile(weights):  # else peft takes the folder for a Hub id and says the id is invalid
+                raise ValueError(f"adapter folder {folder} has no {SAFETENSORS_WEIGHTS_NAME} (save the adapter with "
+                                 "`save_pretrained`; weights are read from safetensors only)")  # fmt: skip
             check_weights_file(weights)
             config._weights_source = f"adapter file {weights}"
         else:
