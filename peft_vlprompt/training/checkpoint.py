@@ -142,6 +142,7 @@ def resolve_checkpoint(value: str, output_dir: str) -> Path:
     raise ValueError(
         f"`resume_from_checkpoint`='latest' but {root} holds no complete checkpoint"
         + (f" (incomplete or damaged: {', '.join(skipped)})" if skipped else "")
+        + "; run without `--resume_from_checkpoint` to start afresh"
     )
 
 
