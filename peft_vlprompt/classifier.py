@@ -2,10 +2,11 @@
 
 Works with a plain `CLIPModel` (zero-shot CLIP with a template) and with any peft_vlprompt adapter. Text is padded to
 the longest prompt of the batch, not to 77: under the causal mask the pooled EOT feature does not see later
-positions, so the result is the same and the cost scales with the real prompt length. Text features are recomputed in
-training mode (the prompts change every step) and cached in eval mode; the cache key includes the class names, the
-enabled adapters and the version counters of their tensors, so an optimizer step, `disable_adapter()`,
-`set_adapter()` or new class names invalidate it.
+positions, so the result is the same and the cost scales with the real prompt length. The prefix that every class
+prompt shares (SOS + unified context + template words) is encoded once, not once per class (`shared_prefix`, see
+`text_prefix`). Text features are recomputed in training mode (the prompts change every step) and cached in eval
+mode; the cache key includes the class names, the enabled adapters and the version counters of their tensors, so an
+optimizer step, `disable_adapter()`, `set_adapter()` or new class names invalidate it.
 
 Image-conditioned adapters (CoCoOp: `config.image_conditioned`) have one text feature per (image, class) pair:
 `forward` computes the image features first, then encodes the B x C prompts in batched text-tower calls of at most
@@ -23,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .backbones import ClipBackbone, unwrap_clip
 from .finite import check_finite
+from .text_prefix import shared_prefix_text_features
 from .tuners.base import DEFAULT_TEMPLATE, VLPromptConfig, enabled_configs, prompt_layers, text_rows_for_classes
 from .tuners.cocoop.layer import image_conditioning
 from .tuners.tokens import class_text
@@ -48,6 +50,9 @@ class PromptClassifier(nn.Module):
         text_memory_budget: bytes of text-tower activations (estimated by `text_row_bytes`) one call may use; when
             training needs more for all rows (CoCoOp: images x classes), each call's activations are recomputed in
             backward instead of kept (same results). Default 2 GiB.
+        shared_prefix: encode the prompt prefix that all classes share (SOS + unified context + template words) once
+            per call instead of once per class (`peft_vlprompt.text_prefix`; the same features up to float summation
+            order). Falls back to the full text tower where nothing is shared exactly. False: always the full tower.
 
     Example:
         >>> clf = PromptClassifier(peft_model, tokenizer, ["cat", "dog"], image_processor=processor.image_processor)
@@ -64,6 +69,7 @@ class PromptClassifier(nn.Module):
         image_processor=None,
         class_chunk_size: int = 256,
         text_memory_budget: int = DEFAULT_TEXT_MEMORY_BUDGET,
+        shared_prefix: bool = True,
     ) -> None:
         super().__init__()
         if "{}" not in template:
@@ -78,6 +84,9 @@ class PromptClassifier(nn.Module):
         if isinstance(text_memory_budget, bool) or not isinstance(text_memory_budget, int) or text_memory_budget < 1:
             raise ValueError(f"`text_memory_budget` must be a number of bytes >= 1, got {text_memory_budget!r}")
         self.text_memory_budget = text_memory_budget
+        if not isinstance(shared_prefix, bool):
+            raise ValueError(f"`shared_prefix` must be True or False, got {shared_prefix!r}")
+        self.shared_prefix = shared_prefix
         self._logged_plans: set[tuple] = set()
         self.backbone = ClipBackbone.from_model(model)
         self._text_cache: tuple[tuple, torch.Tensor] | None = None
@@ -142,10 +151,19 @@ class PromptClassifier(nn.Module):
         def encode(start: int, stop: int) -> torch.Tensor:
             rows = torch.arange(start, stop, device=input_ids.device)
             with text_rows_for_classes(self.model, rows):
-                out = self.model.get_text_features(input_ids=input_ids[start:stop])
-            return out.pooler_output if hasattr(out, "pooler_output") else out
+                return self._text_tower(input_ids[start:stop])
 
         return F.normalize(self._encode_rows(input_ids.shape[0], input_ids.shape[1], encode, "classes"), dim=-1)
+
+    def _text_tower(self, input_ids: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """Projected text features of prompt rows; rows of one group (CoCoOp: one image) share their common prefix
+        when `shared_prefix` is on and sharing is exact (see `peft_vlprompt.text_prefix`)."""
+        if self.shared_prefix:
+            features = shared_prefix_text_features(self.model, input_ids, groups)
+            if features is not None:
+                return features
+        out = self.model.get_text_features(input_ids=input_ids)
+        return out.pooler_output if hasattr(out, "pooler_output") else out
 
     # -- memory budget of the text tower ------------------------------------------------------------------------
     def text_row_bytes(self, seq_len: int, keep_for_backward: bool) -> int:
@@ -260,8 +278,7 @@ class PromptClassifier(nn.Module):
                 image_conditioning(self.model, image_features[first : last + 1], rows // n_classes - first),
                 text_rows_for_classes(self.model, classes),
             ):
-                out = self.model.get_text_features(input_ids=ids[classes])
-            return out.pooler_output if hasattr(out, "pooler_output") else out
+                return self._text_tower(ids[classes], rows // n_classes - first)
 
         what = f"{n_images} images x {n_classes} classes"
         features = self._encode_rows(n_rows, ids.shape[1], encode, what)

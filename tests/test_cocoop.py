@@ -70,7 +70,7 @@ def test_batched_logits_match_per_image_loop(position, chunk):
     images = pixels(batch=3)
     clf = PromptClassifier(model, tokenizer(), CLASSNAMES, class_chunk_size=chunk).eval()
     calls = []
-    hook = model.base_model.model.text_model.register_forward_hook(
+    hook = model.base_model.model.text_model.embeddings.register_forward_hook(  # both text paths embed every row
         lambda m, args, kwargs, out: calls.append(kwargs["input_ids"].shape[0]), with_kwargs=True
     )
     logits = clf(images)

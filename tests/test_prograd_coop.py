@@ -128,7 +128,7 @@ def test_training_step_projects_the_task_gradient_and_changes_only_the_context()
     optimizer = make_prograd_optimizer(torch.optim.SGD([ctx], lr=lr), config)
     assert isinstance(optimizer, ProGrad) and optimizer.lambda_ == 0.9
     text_calls = []
-    hook = model.base_model.model.text_model.register_forward_hook(lambda *args: text_calls.append(1))
+    hook = model.base_model.model.text_model.embeddings.register_forward_hook(lambda *args: text_calls.append(1))
     assert clf.zero_shot_text_features() is zero_shot  # cached teacher: no text-tower call
     student = clf.logits(image, clf.text_features())
     general = losses.prograd_general_loss(student, teacher, T=config.temperature)

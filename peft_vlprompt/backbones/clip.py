@@ -103,3 +103,72 @@ class ClipBackbone:
         if self.eos_token_id == 2:  # legacy configs: EOT is the largest id
             return input_ids.to(torch.int).argmax(dim=-1)
         return (input_ids.to(torch.int) == self.eos_token_id).int().argmax(dim=-1)
+
+
+# -- the text tower, for encoders that run it layer by layer (shared-prefix text encoding) --------------------------
+TEXT_IS_CAUSAL = True  # CLIP's text tower always applies a causal mask (`CLIPTextTransformer`)
+TEXT_ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")  # what `peft_vlprompt.text_prefix` reproduces exactly
+
+
+@dataclass(frozen=True)
+class TextTower:
+    """The text tower's parts in running order: `embeddings(input_ids=...)` (token + position embeddings, with any
+    wrapper on the token embedding), the encoder `layers` (possibly wrapped), `final_norm`, then pooling at the EOT
+    position and `projection` (possibly wrapped)."""
+
+    embeddings: nn.Module
+    token_embedding: nn.Module
+    layers: tuple[nn.Module, ...]
+    final_norm: nn.Module
+    projection: nn.Module
+    attn_implementation: str | None
+
+
+def text_tower(model: nn.Module) -> TextTower:
+    clip = unwrap_clip(model)
+    text = clip.text_model
+    return TextTower(
+        embeddings=text.embeddings,
+        token_embedding=text.embeddings.token_embedding,
+        layers=tuple(text.encoder.layers),
+        final_norm=text.final_layer_norm,
+        projection=clip.text_projection,
+        attn_implementation=getattr(clip.config.text_config, "_attn_implementation", None),
+    )
+
+
+@dataclass(frozen=True)
+class TextLayerParts:
+    """One pre-LN CLIP encoder layer: x + attention(norm1(x)), then x + mlp(norm2(x)).
+
+    `attention` is the (possibly wrapped) `self_attn`; `attention_base` the `CLIPAttention` inside it, whose q/k/v/out
+    projections, `num_heads`, `head_dim`, `scale` and `dropout` the caller uses. `checkpointed`: transformers'
+    gradient checkpointing is on for this layer (`model.gradient_checkpointing_enable()`).
+    """
+
+    norm1: nn.Module
+    attention: nn.Module
+    attention_base: nn.Module
+    norm2: nn.Module
+    mlp: nn.Module
+    checkpointed: bool
+
+
+def text_layer_parts(layer: nn.Module) -> TextLayerParts | None:
+    """The parts of a text encoder layer, or None if `layer` is not a `CLIPEncoderLayer` (the caller falls back)."""
+    from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
+
+    if not isinstance(layer, CLIPEncoderLayer):
+        return None
+    attention = layer.self_attn
+    base = getattr(attention, "base_layer", attention)
+    if not isinstance(base, CLIPAttention):
+        return None
+    return TextLayerParts(
+        norm1=layer.layer_norm1,
+        attention=attention,
+        attention_base=base,
+        norm2=layer.layer_norm2,
+        mlp=layer.mlp,
+        checkpointed=bool(getattr(layer, "gradient_checkpointing", False)),
+    )
