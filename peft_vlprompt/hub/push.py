@@ -17,7 +17,7 @@ from huggingface_hub.constants import REPOCARD_NAME
 from peft import PeftModel
 
 from .._atomic import make_temp_dir, normal_mode
-from .cards import adapter_config, render_card
+from .cards import adapter_config, check_publishable, render_card
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +132,7 @@ def push_prompts(
     Example:
         >>> push_prompts(model, "me/coop-caltech101", results=all_results, training_config=vars(args))
     """
+    check_publishable(model, results)  # a NaN adapter or result fails before the repository is created
     api = api if api is not None else HfApi(token=token)
     repo = api.create_repo(repo_id, private=private, exist_ok=True, token=token)
     repo_id = getattr(repo, "repo_id", None) or repo_id  # "name" -> "user/name"

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..backbones import ClipBackbone
 from ..classifier import PromptClassifier
 from ..data import make_transform
+from ..finite import check_training_step
 from ..optim import GaussianPromptAggregator, ProGrad
 from .args import TrainArguments, apply_config_file, check_paths, parse_args
 from .build import (
@@ -272,7 +273,8 @@ def train(args: TrainArguments) -> dict:
 def _fit(args, spec, preset, config, model, classifier, module, objective, task, image_processor, accelerator,
          vision_prompted, cache, resume_dir) -> int:  # fmt: skip
     """The training epochs; returns the number of optimizer steps taken."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    named_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named_params]
     if not params:
         raise ValueError(f"method {spec.name!r} with this config has no trainable parameter")
     optimizer, prograd = _optimizer_and_prograd(spec, config, preset, args, params)
@@ -339,6 +341,9 @@ def _fit(args, spec, preset, config, model, classifier, module, objective, task,
                 if accelerator.sync_gradients and args.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(params, args.max_grad_norm)
                 optimizer.step()
+                if accelerator.sync_gradients:  # before zero_grad, so a failure can name the first bad tensor
+                    check_training_step(state.global_step + 1, terms, named_params, lr=optimizer.param_groups[0]["lr"],
+                                        check_grads=accelerator.scaler is None)  # fmt: skip
                 optimizer.zero_grad()
             for k, v in terms.items():  # kept on the device: reading them every step would sync a GPU
                 logged.setdefault(k, []).append(v.detach().float())

@@ -101,7 +101,11 @@ class VLPromptConfig(PeftConfig):
         except (TypeError, ValueError) as e:
             if source in str(e):
                 raise
-            raise type(e)(f"adapter config in {folder}: {e}") from e
+            try:  # keep the type (callers catch it) unless its constructor wants more than a message
+                named = type(e)(f"adapter config in {folder}: {e}")
+            except Exception:
+                named = ValueError(f"adapter config in {folder}: {e}")
+            raise named from e
         weights = os.path.join(folder, SAFETENSORS_WEIGHTS_NAME)
         if os.path.isdir(folder):
             if not os.path.isfile(weights):  # else peft takes the folder for a Hub id and says the id is invalid
