@@ -4,6 +4,7 @@ naming the field and the value. The bad values and the rules they break are rest
 library), and a field added without an entry below fails `test_every_field_has_a_row`."""
 
 import dataclasses
+import functools
 import json
 import math
 import typing
@@ -102,6 +103,7 @@ TRAIN_OUT_OF_RANGE = {
     "kd_temperature": 0.0,
     "num_views": 0,
     "class_chunk_size": 0,
+    "text_memory_budget_mb": 0,
     "dataloader_num_workers": -1,
     "checkpointing_steps": "often",
     "checkpoints_total_limit": 0,
@@ -111,7 +113,7 @@ TRAIN_OUT_OF_RANGE = {
 TRAIN_NO_RANGE = {  # names and paths are checked against the registry / the disk (tests/test_cli.py)
     "method", "config", "dataset", "data_dir", "template", "eval_datasets", "model", "cpu", "cache_image_features",
     "eval_zero_shot", "output_dir", "resume_from_checkpoint", "with_tracking", "report_to", "push_to_hub",
-    "hub_model_id", "hub_private",
+    "hub_model_id", "hub_private", "verify_images",
 }  # fmt: skip
 
 
@@ -193,10 +195,11 @@ PRESETS = {
     vlp.deep_language_preset: ("n_ctx_text", "depth"),
     vlp.maple_preset: ("n_ctx", "depth"),
     vlp.promptsrc_preset: ("n_ctx_text", "n_ctx_vision", "depth"),
+    functools.partial(vlp.restore_preset, "dtd"): ("n_ctx", "depth"),
 }
 
 
-@pytest.mark.parametrize("preset", list(PRESETS), ids=lambda p: p.__name__)
+@pytest.mark.parametrize("preset", list(PRESETS), ids=lambda p: getattr(p, "__name__", None) or p.func.__name__)
 def test_preset_arguments_reject_bad_values(preset):
     for name in PRESETS[preset]:
         for value in ("two", float("nan"), -1):
