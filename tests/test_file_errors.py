@@ -151,3 +151,16 @@ def test_verify_decodes_every_image_once_and_names_the_corrupt_one(tmp_path):
     load_task("dtd", tmp_path, shots=None, seed=1)  # without `verify` only existence is checked (cheap)
     with pytest.raises(ValueError, match=rf"Dataset 'dtd': 1 of 21 images cannot be decoded: {broken} \("):
         load_task("dtd", tmp_path, shots=None, seed=1, verify=True)
+
+
+def test_the_verify_images_flag_decodes_before_the_model_is_built(tmp_path, monkeypatch):
+    split = make_dtd(tmp_path)
+    broken = tmp_path / "dtd" / "images" / split["test"][0][0]
+    broken.write_bytes(b"not an image")
+    built = []
+    monkeypatch.setattr("peft_vlprompt.training.loop.load_clip", lambda *a, **k: built.append(a) or 1 / 0)
+    args = ["--method", "coop", "--dataset", "dtd", "--data_dir", str(tmp_path), "--protocol", "few_shot",
+            "--shots", "-1", "--output_dir", str(tmp_path / "run"), "--verify_images"]  # fmt: skip
+    with pytest.raises(ValueError, match=rf"Dataset 'dtd': 1 of 21 images cannot be decoded: {broken} \("):
+        main(args)
+    assert built == []

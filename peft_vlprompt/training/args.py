@@ -186,6 +186,17 @@ class TrainArguments:
     )
     num_views: int = _f(4, "Augmented views per image cached by --cache_image_features.", min=1)
     class_chunk_size: int = _f(256, "Classes per text-encoder call (memory bound).", min=1)
+    text_memory_budget_mb: int = _f(
+        2048,
+        "Text-tower activations (MiB, estimated) a training step may keep for backward; above it each text-encoder "
+        "call is recomputed in backward instead (same numbers, bounded memory; CoCoOp encodes images x classes rows).",
+        min=1,
+    )
+    verify_images: bool = _f(
+        False,
+        "Decode every image of the run's splits once before the model is built (slow on big datasets); that every "
+        "image file a split references exists is always checked.",
+    )
     dataloader_num_workers: int = _f(0, "DataLoader worker processes.", min=0)
     eval_zero_shot: bool = _f(
         True,

@@ -146,7 +146,7 @@ def load_protocol_data(args, table: str, needs_train: bool = True) -> ProtocolDa
     def load(name: str, subsample: str, shots_: int | None = shots):
         return load_task(name, args.data_dir, shots=shots_, seed=args.seed, subsample=subsample,
                          template=template_for(name, args.template, table),
-                         verify=bool(getattr(args, "verify_images", False)))  # fmt: skip
+                         verify=args.verify_images)  # fmt: skip
 
     if args.protocol == "base2new":
         base, new = load(args.dataset, "base"), load(args.dataset, "new")

@@ -227,7 +227,8 @@ def train(args: TrainArguments) -> dict:
     else:
         model = clip
     classifier = PromptClassifier(model, tokenizer, task.classnames, template=task.template,
-                                  image_processor=image_processor, class_chunk_size=args.class_chunk_size)  # fmt: skip
+                                  image_processor=image_processor, class_chunk_size=args.class_chunk_size,
+                                  text_memory_budget=args.text_memory_budget_mb * 2**20)  # fmt: skip
     vision_prompted = spec.trains and prompts_image_tower(model)
     conditioned = spec.trains and image_conditioned(model)
     objective = spec.make_objective(config, preset, args)
