@@ -452,3 +452,27 @@ def test_state_files_round_trip_every_saved_state_and_refuse_anything_else():
         decode_state("x", bad)
     with pytest.raises(ValueError, match=r"state 'x' is corrupt"):
         decode_state("x", {"x.json": pickle.dumps(1), "x.safetensors": bad["x.safetensors"]})
+
+
+def test_dpl_search_resaves_a_step_without_deleting_it_first(tmp_path, monkeypatch):
+    from tests.test_dpl_search import make_search
+
+    search = make_search(tmp_path, max_steps=2, checkpoint_every=1)
+    search.run()  # checkpoint-1, checkpoint-2 (and the end-of-run save of step 2 again)
+    seen = []
+    real_rename = os.rename
+
+    def rename(src, dst):  # while checkpoint-2 is replaced, a complete copy is always in place or beside it
+        seen.append((Path(src).name, Path(dst).name))
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    search.save_checkpoint()
+    assert [d for _, d in seen][-1] == "checkpoint-2" and seen[0][0] == "checkpoint-2"  # moved aside, then swapped in
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    resumed = make_search(tmp_path)
+    resumed.resume("latest")
+    assert resumed.global_step == 2
+    seen.clear()
+    resumed.save_checkpoint()  # nothing happened since the resume: the checkpoint is kept as it is
+    assert seen == []
