@@ -156,6 +156,12 @@ def test_typo_in_the_adapter_config_file_is_named(tmp_path, nothing_loaded):
         main(["--config", str(config), "--adapter_kwargs", '{"init_sdt": 0.1}', "--output_dir", str(tmp_path / "o")])
     with pytest.raises(ValueError, match=r"`adapter_kwargs` for method 'coop': unknown field 'nctx' \(did you mean"):
         main(["--method", "coop", "--adapter_kwargs", '{"nctx": 8}', "--output_dir", str(tmp_path / "o")])
+    with pytest.raises(
+        ValueError, match=r"for method 'deep_prompt': `text_lengths` must contain lengths >= 0, got -1"
+    ):
+        main(
+            ["--method", "deep_prompt", "--adapter_kwargs", '{"text_lengths": [1, -1]}', "--output_dir", str(tmp_path)]
+        )
     with pytest.raises(ValueError, match=r"for method 'coop': `init_std` must be > 0, got -0.1"):
         main(["--method", "coop", "--adapter_kwargs", '{"init_std": -0.1}', "--output_dir", str(tmp_path / "o")])
 

@@ -429,6 +429,8 @@ def check_adapter_settings(spec: MethodSpec, adapter_dict: dict | None, args, pr
     try:
         if path is not None:
             config = _import(path)(12, **settings)
+        elif spec.kwargs_config:  # deep_prompt: the lengths themselves come from --adapter_kwargs
+            config = spec.resolved_config_class()(**settings)
         elif spec.build_config is _coop_family:
             ctx = BuildContext(None, "a photo of a {}.", 2, args.dataset)  # the teacher template does not matter here
             config = _coop_family(spec.resolved_config_class(), settings, ctx)
