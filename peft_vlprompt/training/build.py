@@ -13,7 +13,7 @@ from torch import nn
 from .._validation import check_known_keys
 from ..backbones import unwrap_clip
 from ..data import TEMPLATES, get_dataset_spec, load_task
-from .args import read_config_file  # noqa: F401  (re-exported: it moved to the light argument module)
+from .inputs import read_config_file  # noqa: F401  (re-exported: it moved to the light module `inputs`)
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from ..classifier import PromptClassifier
 from ..data import make_transform
 from ..finite import check_training_step
 from ..optim import GaussianPromptAggregator, ProGrad
-from .args import TrainArguments, apply_config_file, check_paths, parse_args
+from .args import TrainArguments, parse_args
 from .build import (
     check_dataset_names,
     config_from_dict,
@@ -50,14 +50,9 @@ from .checkpoint import (
 from .data import AugmentedViews, CachedViews, EpochSampler, KeyedViews, collate_train
 from .evaluation import Evaluator, make_eval_loader
 from .hooks import epoch_end_hooks, image_conditioned
-from .methods import (
-    BuildContext,
-    MethodSpec,
-    check_adapter_settings,
-    check_method_config,
-    get_method,
-    resolve_method,
-)
+from .inputs import apply_config_file, check_paths
+from .method_checks import check_adapter_settings, check_method_config, resolve_method
+from .methods import BuildContext, MethodSpec, get_method
 from .objectives import Objective, StepInputs
 from .presets import PresetContext, apply_preset, get_preset
 from .results import assemble_results

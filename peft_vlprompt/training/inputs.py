@@ -1,0 +1,124 @@
+"""What a run reads besides its flags: the `--config` file (merged under the command line and validated as every other
+value) and the paths (model, data, checkpoint), all checked before any data or model is loaded. Standard library
+only, like `args.py`: the command line runs these checks before torch is imported."""
+
+import difflib
+import json
+import logging
+import os
+import re
+import typing
+from pathlib import Path
+
+from .._validation import FieldTypeError, check_known_keys, check_value
+from .args import CONFIG_FILE, TrainArguments, cli_fields
+
+logger = logging.getLogger(__name__)
+
+
+# -- the --config file ----------------------------------------------------------------------------------------------
+def read_config_file(path: str) -> tuple[dict | None, dict]:
+    """`(adapter config dict, training arguments)` of a `--config` JSON file or folder.
+
+    Accepted: a peft `adapter_config.json` (has `peft_type`), a folder holding one, or an object with an
+    `adapter_config` entry (a dict, or a path to such a file) next to training arguments.
+    """
+    file = Path(path).expanduser()
+    if file.is_dir():
+        file = file / "adapter_config.json"
+    if not file.is_file():
+        raise ValueError(f"`config` file {file} does not exist")
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"`config` file {file} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"`config` file {file} must hold a JSON object, got {type(data).__name__}")
+    if "peft_type" in data:
+        return data, {}
+    if "adapter_config" in data:
+        training = {k: v for k, v in data.items() if k != "adapter_config"}
+        adapter = data["adapter_config"]
+        if isinstance(adapter, str):
+            adapter = read_config_file(str(file.parent / adapter))[0]
+        if adapter is not None and (not isinstance(adapter, dict) or "peft_type" not in adapter):
+            raise ValueError(f"`config` file {file}: `adapter_config` must be an adapter config object with a "
+                             f"`peft_type` (or the path of one), got {adapter!r}"[:400])  # fmt: skip
+        return adapter, training
+    typos = {k: difflib.get_close_matches(k, ["peft_type", "adapter_config"], n=1) for k in data}
+    hint = "; ".join(f"{k!r} (did you mean {c[0]!r}?)" for k, c in typos.items() if c)
+    raise ValueError(f"`config` file {file} has neither `peft_type` (an adapter config) nor `adapter_config` (an "
+                     f"adapter config next to training arguments){': ' + hint if hint else ''}")  # fmt: skip
+
+
+def apply_config_file(args: TrainArguments) -> dict | None:
+    """Merge the training arguments of `args.config` under the command line's, validated as every other value.
+
+    Returns the adapter config dict of the file (None without `--config`). Idempotent.
+    """
+    if args.config is None:
+        return None
+    adapter, training = read_config_file(args.config)
+    where = f"`config` file {args.config}"
+    known = {f.name for f in cli_fields()} - {"config"}
+    check_known_keys(training, known, f"{where}: training arguments")
+    if isinstance(training.get("adapter_kwargs"), dict):
+        training["adapter_kwargs"] = json.dumps(training["adapter_kwargs"])
+    hints = typing.get_type_hints(TrainArguments)
+    explicit = args.explicit()
+    values = {f.name: getattr(args, f.name) for f in cli_fields()}
+    sources = dict(args.sources)
+    for key, value in training.items():
+        try:
+            check_value(key, value, hints[key], dict(TrainArguments.__dataclass_fields__[key].metadata))
+        except FieldTypeError as e:
+            raise FieldTypeError(f"{where}: {e}") from None
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        if key in explicit:
+            if value != values[key] and CONFIG_FILE not in args.sources.values():  # said once, not on re-application
+                logger.info("--%s %s from the command line overrides %s from %s", key, values[key], value, where)
+            continue
+        values[key], sources[key] = value, CONFIG_FILE
+    try:
+        merged = TrainArguments(**values)
+    except ValueError as e:
+        raise type(e)(f"{e} (after merging {where} under the command line)") from None
+    for f in cli_fields():
+        setattr(args, f.name, getattr(merged, f.name))
+    args.sources = sources
+    return adapter
+
+
+# -- paths, before anything is loaded ------------------------------------------------------------------------------
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def check_model_reference(model: str | None) -> None:
+    """`--model` must be an existing CLIP folder (with its `config.json`) or a well-formed Hub id."""
+    if model is None:
+        return
+    resolved = str(model)  # a Hub-id-shaped name (e.g. the toy CLIP's portable name) is resolved by the loader
+    path = Path(resolved).expanduser()
+    looks_local = path.exists() or path.is_absolute() or resolved.startswith((".", "~")) or resolved.count("/") > 1
+    if looks_local:
+        if not path.is_dir():
+            raise ValueError(f"`model` folder {path} does not exist (give a local CLIP folder saved with "
+                             "`save_pretrained`, or a Hub id such as openai/clip-vit-base-patch16)")  # fmt: skip
+        for name in ("config.json", "preprocessor_config.json"):
+            if not (path / name).is_file():
+                raise ValueError(f"`model` folder {path} has no {name}: save the model and its processor there with "
+                                 "`CLIPModel.save_pretrained` and `CLIPProcessor.save_pretrained`")  # fmt: skip
+    elif not _HUB_ID.match(resolved):
+        raise ValueError(f"`model` {model!r} is neither a local folder nor a Hub id (owner/name, e.g. "
+                         "openai/clip-vit-base-patch16)")  # fmt: skip
+
+
+def check_paths(args: TrainArguments) -> None:
+    """Every file or folder the run reads must exist, checked before any data or model is loaded."""
+    check_model_reference(args.model)
+    if args.data_dir is not None and not os.path.isdir(os.path.expanduser(args.data_dir)):
+        raise FileNotFoundError(f"Data directory `data_dir` not found: {args.data_dir}")
+    resume = args.resume_from_checkpoint
+    if resume not in (None, "latest") and not os.path.isdir(os.path.expanduser(resume)):
+        raise ValueError(f"`resume_from_checkpoint` folder {resume} does not exist")

@@ -1,0 +1,113 @@
+"""Checks of the method and its adapter config that need no model or data: the method named, the `--config` it
+needs and the adapter type it accepts, that the config is this method's (`--method maple` trains MaPLe-coupled
+prompts), and `--adapter_kwargs` built once without a model. Run before anything is loaded."""
+
+import inspect
+
+from .._validation import check_known_keys
+from .methods import (
+    METHODS,
+    BuildContext,
+    MethodSpec,
+    _coop_family,
+    _fields_of,
+    _import,
+    _kd_objective,
+    method_for_peft_type,
+)
+from .presets import Preset
+
+
+def resolve_method(args, adapter_dict: dict | None) -> MethodSpec:
+    """The method of the run, after the checks that need no model or data (the name, the `--config` it needs, the
+    adapter type it accepts, and that the config is this method's). Sets `args.method`."""
+    name = args.method
+    if name is None and adapter_dict is not None:
+        name = method_for_peft_type(_type_name(adapter_dict["peft_type"]))
+        if name is None:
+            raise ValueError(f"no training method accepts adapter type {adapter_dict['peft_type']!r} of `config` "
+                             f"{args.config}; pass --method")  # fmt: skip
+    spec = METHODS.get(name or "prograd")
+    if spec is None:
+        raise ValueError(f"unknown `method` {name!r}; available: {', '.join(sorted(METHODS))}")
+    args.method = spec.name
+    if spec.make_objective is not _kd_objective:  # only the distillation objective reads them
+        for name, default in (("kd_weight", None), ("kd_temperature", 1.0)):
+            if getattr(args, name) != default:
+                raise ValueError(f"`{name}`={getattr(args, name)!r} would be ignored: method {spec.name!r} has no "
+                                 "distillation term (dpl and deep_prompt have one)")  # fmt: skip
+    if adapter_dict is None:
+        if spec.needs_config and not (spec.kwargs_config and args.adapter_kwargs):
+            raise ValueError(
+                f"method {spec.name!r} has no preset adapter: pass --config (e.g. the DPL search's "
+                "found.json)" + (" or the lengths in --adapter_kwargs" if spec.kwargs_config else "")
+            )
+        return spec
+    kind = _type_name(adapter_dict["peft_type"])
+    if kind not in spec.accepts_peft_types:
+        raise ValueError(f"method {spec.name!r} cannot train a {kind!r} adapter from `config` {args.config}; "
+                         f"it accepts {list(spec.accepts_peft_types)}")  # fmt: skip
+    check_method_config(spec, adapter_dict | args.adapter_overrides(), f"`config` {args.config}")
+    return spec
+
+
+def check_method_config(spec: MethodSpec, config, where: str = "the adapter config") -> None:
+    """Refuse an adapter config that is not what `--method` names (the results would carry the wrong method)."""
+    reason = spec.check_config(config) if spec.check_config is not None else None
+    if reason:
+        raise ValueError(f"{where}: {reason}")
+
+
+def _type_name(value) -> str:
+    return str(getattr(value, "value", value)).lower()
+
+
+def allowed_adapter_settings(spec: MethodSpec, preset: Preset) -> tuple[set[str], set[str]]:
+    """`(names --adapter_kwargs may set, names it may not)` for a method built from its preset."""
+    cls = spec.resolved_config_class()
+    fields = _fields_of(cls) if cls is not None else set()
+    path = getattr(spec.build_config, "function_path", None)
+    if path is None:
+        return fields | set(preset.adapter), set()
+    params = {n for n, p in inspect.signature(_import(path)).parameters.items() if p.kind == p.KEYWORD_ONLY or
+              p.kind == p.POSITIONAL_OR_KEYWORD} - {"model_or_layers"}  # fmt: skip
+    computed = {"text_lengths", "vision_lengths"}  # the preset sizes them from n_ctx/depth and the backbone
+    return (fields - computed) | params | set(preset.adapter), computed
+
+
+def check_adapter_settings(spec: MethodSpec, adapter_dict: dict | None, args, preset: Preset) -> None:
+    """Build the adapter config once without a model, so a bad field of the `--config` file or of `--adapter_kwargs`
+    (unknown, wrong type, out of range, or not this method) fails before any data or model is loaded.
+
+    Preset-built configs are sized for a 12-layer CLIP here (the real build sizes them to the loaded backbone)."""
+    from .build import config_from_dict
+
+    overrides = args.adapter_overrides()
+    if adapter_dict is not None:
+        check_method_config(spec, config_from_dict(adapter_dict, overrides, f"`config` {args.config}"))
+        return
+    if not spec.trains or not overrides:
+        return
+    allowed, computed = allowed_adapter_settings(spec, preset)
+    fixed = sorted(set(overrides) & computed)
+    if fixed:
+        raise ValueError(f"`adapter_kwargs` sets {fixed}, which the {spec.name} preset computes from its lengths and "
+                         "depth: set those instead, or train the lengths as given with --method deep_prompt")  # fmt: skip
+    check_known_keys(overrides, allowed, f"`adapter_kwargs` for method {spec.name!r}")
+    settings = preset.adapter | overrides
+    path = getattr(spec.build_config, "function_path", None)
+    try:
+        if path is not None:
+            config = _import(path)(12, **settings)
+        elif spec.kwargs_config:  # deep_prompt: the lengths themselves come from --adapter_kwargs
+            config = spec.resolved_config_class()(**settings)
+        elif spec.build_config is _coop_family:
+            ctx = BuildContext(None, "a photo of a {}.", 2, args.dataset)  # the teacher template does not matter here
+            config = _coop_family(spec.resolved_config_class(), settings, ctx)
+        else:
+            return
+    except TypeError as e:  # e.g. a setting the preset function passes itself ("got multiple values")
+        raise ValueError(f"`adapter_kwargs` {overrides} for method {spec.name!r}: {e}") from None
+    except ValueError as e:
+        raise type(e)(f"`adapter_kwargs` {overrides} for method {spec.name!r}: {e}") from None
+    check_method_config(spec, config, f"`adapter_kwargs` {overrides}")
