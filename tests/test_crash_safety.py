@@ -476,3 +476,19 @@ def test_dpl_search_resaves_a_step_without_deleting_it_first(tmp_path, monkeypat
     seen.clear()
     resumed.save_checkpoint()  # nothing happened since the resume: the checkpoint is kept as it is
     assert seen == []
+
+
+def test_a_crafted_pickle_in_an_adapter_folder_is_never_executed(tmp_path):
+    """peft falls back to `adapter_model.bin` when there is no safetensors file; it must load weights only."""
+    from peft_vlprompt.hub import load_prompts
+    from tests.test_hub_load import saved_coop
+    from tests.tiny import tiny_clip
+
+    saved_coop(tmp_path)
+    marker = tmp_path / "executed"
+    (tmp_path / "adapter" / "adapter_model.safetensors").unlink()
+    torch.save(Payload(marker), tmp_path / "adapter" / "adapter_model.bin")
+    (tmp_path / "adapter" / "evil.pkl").write_bytes(pickle.dumps(Payload(marker)))
+    with pytest.raises(Exception):  # noqa: B017 - whichever error names it, the payload must not run
+        load_prompts(tiny_clip(), tmp_path / "adapter")
+    assert not marker.exists()
