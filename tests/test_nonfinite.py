@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 from peft import get_peft_model
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from peft_vlprompt import CoOpConfig, PromptClassifier
 from peft_vlprompt.finite import check_training_step
@@ -115,3 +115,19 @@ def test_push_refuses_a_nan_adapter_or_result_before_creating_the_repository():
     assert api.calls == []
     push_prompts(good, "me/x", api=api, results={"accuracy": 50.0})
     assert api.calls == ["create_repo", "upload_folder"]
+
+
+def test_the_hub_cli_refuses_to_push_a_saved_adapter_with_a_nan(tmp_path, monkeypatch):
+    from peft_vlprompt.hub import __main__ as cli
+
+    folder = tmp_path / "adapter"
+    get_peft_model(tiny_clip(), CoOpConfig(n_ctx=4)).save_pretrained(folder)
+    weights = folder / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    tensors[f"base_model.model.{CTX}"][0, 0] = float("inf")
+    save_file(tensors, str(weights))
+    api = RecordingApi()
+    monkeypatch.setattr(cli, "HfApi", lambda: api)
+    with pytest.raises(ValueError, match=rf"refusing to publish {weights}: `base_model.model.{CTX}` \(1 of 128 "):
+        cli.main([str(folder), "--push", "--repo-id", "me/x"])
+    assert api.calls == []

@@ -20,7 +20,7 @@ from huggingface_hub.constants import REPOCARD_NAME
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 
 from .._atomic import temp_name
-from .cards import render_card  # importing the package registered the methods with peft
+from .cards import check_publishable, render_card  # importing the package registered the methods with peft
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +48,15 @@ def _read_json(path: Path | None) -> dict | None:
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
+    results = _read_json(args.results)
+    if args.push:  # a NaN adapter or result fails before the repository is created
+        check_publishable(args.adapter_dir, results)
     api = HfApi() if args.push else None
     repo_id = api.create_repo(args.repo_id, private=args.private, exist_ok=True).repo_id if api else args.repo_id
     card = render_card(
         args.adapter_dir,
         repo_id=repo_id,
-        results=_read_json(args.results),
+        results=results,
         training_config=_read_json(args.training_config),
         dataset=args.dataset,
         base_model=args.base_model,

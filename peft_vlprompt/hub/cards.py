@@ -19,7 +19,9 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from peft import PeftConfig, PeftModel
 from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
 from safetensors import safe_open
+from safetensors.torch import load_file
 
+from ..finite import check_finite
 from ..model_refs import TOY_CLIP_NAME, portable_model_reference
 from ..tuners.base import DEFAULT_TEMPLATE, VLPromptConfig, check_weights_file
 from .methods import BIBTEX, card_key, method_card
@@ -284,9 +286,17 @@ def check_finite_results(results: Mapping | None, where: str = "results") -> Non
             raise ValueError(f"`{path}` is {value}: non-finite results are not written into a card or published")
 
 
-def check_publishable(model: PeftModel, results: Mapping | None = None, adapter_name: str | None = None) -> None:
-    """Before any upload: the adapter's tensors and the results must be finite (raises `ValueError` naming them)."""
-    adapter_facts(model, adapter_name)  # reads the state dict, which refuses non-finite tensors
+def check_publishable(
+    model: PeftModel | str | os.PathLike, results: Mapping | None = None, adapter_name: str | None = None
+) -> None:
+    """Before any upload: the adapter's tensors (of a `PeftModel` or a saved folder) and the results must be finite
+    (raises `ValueError` naming the tensor, file or result)."""
+    if isinstance(model, (str, os.PathLike)):
+        weights = Path(model) / SAFETENSORS_WEIGHTS_NAME
+        check_weights_file(weights)
+        check_finite(load_file(str(weights)).items(), f"refusing to publish {weights}")
+    else:
+        adapter_facts(model, adapter_name)  # reads the state dict, which refuses non-finite tensors
     check_finite_results(results)
 
 
