@@ -164,3 +164,12 @@ def test_the_verify_images_flag_decodes_before_the_model_is_built(tmp_path, monk
     with pytest.raises(ValueError, match=rf"Dataset 'dtd': 1 of 21 images cannot be decoded: {broken} \("):
         main(args)
     assert built == []
+
+
+def test_the_hub_cli_names_a_corrupt_results_file(saved_coop, tmp_path):
+    from peft_vlprompt.hub import __main__ as cli
+
+    results = tmp_path / "all_results.json"
+    results.write_text('{"accuracy": 5')
+    with pytest.raises(ValueError, match=rf"{results} cannot be read as JSON: "):
+        cli.main([str(saved_coop), "--results", str(results), "--output", str(tmp_path / "card.md")])

@@ -43,7 +43,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _read_json(path: Path | None) -> dict | None:
-    return json.loads(path.read_text()) if path else None
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path} cannot be read as JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
 
 
 def main(argv: list[str] | None = None) -> Path:
