@@ -173,3 +173,13 @@ def test_the_hub_cli_names_a_corrupt_results_file(saved_coop, tmp_path):
     results.write_text('{"accuracy": 5')
     with pytest.raises(ValueError, match=rf"{results} cannot be read as JSON: "):
         cli.main([str(saved_coop), "--results", str(results), "--output", str(tmp_path / "card.md")])
+
+
+def test_a_corrupt_class_name_file_of_a_dataset_is_named(tmp_path):
+    scipy_io = pytest.importorskip("scipy.io")
+    base = tmp_path / "oxford_flowers"
+    (base / "jpg").mkdir(parents=True)
+    scipy_io.savemat(base / "imagelabels.mat", {"labels": [[1, 2]]})
+    (base / "cat_to_name.json").write_text('{"1": "pink primrose", ')
+    with pytest.raises(ValueError, match=rf"{base / 'cat_to_name.json'} is not valid JSON: "):
+        load_task("oxford_flowers", tmp_path, shots=None, seed=1)

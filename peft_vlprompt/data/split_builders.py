@@ -131,7 +131,11 @@ def _loadmat(path: Path, spec: DatasetSpec):
 
 def _oxford_flowers(spec: DatasetSpec, dataset_dir: Path, rng: random.Random) -> dict[str, list[Item]]:
     labels = _loadmat(dataset_dir / "imagelabels.mat", spec)["labels"][0]
-    lab2cname = json.loads((dataset_dir / "cat_to_name.json").read_text())
+    names_file = dataset_dir / "cat_to_name.json"
+    try:
+        lab2cname = json.loads(names_file.read_text())
+    except ValueError as e:  # a bare JSONDecodeError would not say which file
+        raise ValueError(f"{names_file} is not valid JSON: {e}.") from e
     groups: dict[int, list[str]] = {}
     for i, label in enumerate(labels):
         groups.setdefault(int(label), []).append(f"image_{i + 1:05d}.jpg")
