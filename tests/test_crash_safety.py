@@ -117,10 +117,17 @@ class Faults:
     def install(self) -> None:
         real_write = _atomic.write_file
 
+        def no_space(fd, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
         def write_file(path, data):
             if self._hit("write"):
-                if self.mode == "enospc":
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+                if self.mode == "enospc":  # the file is created, then no byte fits
+                    real_os_write, os.write = os.write, no_space
+                    try:
+                        return real_write(path, data)
+                    finally:
+                        os.write = real_os_write
                 if self.torn:
                     Path(path).write_bytes(data[: len(data) // 2])
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -194,7 +201,20 @@ def test_full_disk_mid_checkpoint_leaves_the_previous_one_resumable(model_dir, r
     extra = [] if limit is None else ["--checkpoints_total_limit", "1"]
     per_checkpoint = 7  # rng state (2 files), state, adapter, optimizer (2 files), manifest
     faults = Faults(2 * per_checkpoint + write, mode="enospc")
-    assert forked(lambda: (faults.install(), main(argv(model_dir, out, *extra)))) != 0  # the third save fails
+
+    def run():
+        faults.install()
+        try:
+            main(argv(model_dir, out, *extra))
+        except OSError as e:
+            (tmp_path / "error.txt").write_text(str(e))
+            raise
+
+    assert forked(run) != 0  # the third save fails, naming the file it could not write
+    assert (
+        "No space left on device" in (error := (tmp_path / "error.txt").read_text())
+        and ".checkpoint_2.partial" in error
+    )
     assert complete(out) == (["checkpoint_0", "checkpoint_1"] if limit is None else ["checkpoint_1"])
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == complete(out)  # the partial one was removed
     assert not killed(forked(lambda: main(argv(model_dir, out, *extra, "--resume_from_checkpoint", "latest"))))
