@@ -131,3 +131,18 @@ def test_the_hub_cli_refuses_to_push_a_saved_adapter_with_a_nan(tmp_path, monkey
     with pytest.raises(ValueError, match=rf"refusing to publish {weights}: `base_model.model.{CTX}` \(1 of 128 "):
         cli.main([str(folder), "--push", "--repo-id", "me/x"])
     assert api.calls == []
+
+
+def test_a_diverging_dpl_search_stops_at_the_step_and_checkpoints_nothing_non_finite(tmp_path):
+    from tests.test_dpl_search import make_search
+
+    search = make_search(tmp_path, lr=1e38, warmup_epochs=0, checkpoint_every=1)
+    with pytest.raises(FloatingPointError, match=r"training stopped at optimizer step \d+: `loss term alpha_loss` \(1 "
+                                                 r"of 1 values NaN/inf\)"):  # fmt: skip
+        search.run()
+    assert search.global_step >= 1  # the first step was finite and checkpointed
+    checkpoints = sorted(tmp_path.glob("checkpoint-*"))
+    assert len(checkpoints) == search.global_step
+    for folder in checkpoints:
+        state = torch.load(folder / "search_state.pt", weights_only=True)
+        assert all(torch.isfinite(t).all() for t in state["adapter"].values()), folder

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
 from .._atomic import fsync_dir, fsync_file, temp_name
+from ..finite import check_training_step
 from ..tuners.dpl import DPLSearchConfig, alpha_parameters, prompt_parameters
 from .batches import TRAIN_STREAM, VAL_STREAM, CyclingBatches, pass_batches
 
@@ -249,6 +250,10 @@ class DPLSearch:
             if self.args.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
             optimizer.step()
+            kind = "alpha" if params is self.alphas else "prompt"  # nothing non-finite trained on or checkpointed
+            check_training_step(self.global_step + 1, {f"{kind}_loss": loss.detach()},
+                                [(f"{kind}[{i}]", p) for i, p in enumerate(params)], check_grads=True,
+                                lr=optimizer.param_groups[0]["lr"])  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
         finally:
             for p in others:
