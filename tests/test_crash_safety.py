@@ -256,6 +256,14 @@ def plant(folder: Path, marker: Path) -> None:
         torch.save(Payload(marker), folder / name)
 
 
+def rewrite(folder: Path, name: str, data: bytes) -> None:
+    """Replace a checkpoint file and its manifest entry (so only the content itself can be refused)."""
+    (folder / name).write_bytes(data)
+    manifest = json.loads((folder / "checkpoint_manifest.json").read_text())
+    manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (folder / "checkpoint_manifest.json").write_text(json.dumps(manifest))
+
+
 def test_crafted_pickles_in_a_checkpoint_are_never_executed(model_dir, tmp_path, monkeypatch):
     marker = tmp_path / "executed"
     pickle.loads(pickle.dumps(Payload(tmp_path / "probe")))
@@ -277,12 +285,7 @@ def test_crafted_pickles_in_a_checkpoint_are_never_executed(model_dir, tmp_path,
     for name in ("optimizer.safetensors", "optimizer.json", "rng_state_0.json", "adapter_model.safetensors"):
         victim = tmp_path / "victim"
         shutil.copytree(latest, victim / "checkpoints" / latest.name)
-        data = pickle.dumps(Payload(marker))
-        (victim / "checkpoints" / latest.name / name).write_bytes(data)
-        manifest_path = victim / "checkpoints" / latest.name / "checkpoint_manifest.json"
-        manifest = json.loads(manifest_path.read_text())
-        manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        manifest_path.write_text(json.dumps(manifest))
+        rewrite(victim / "checkpoints" / latest.name, name, pickle.dumps(Payload(marker)))
         with pytest.raises(ValueError, match=rf"{name.split('.')[0]}.* corrupt|{name}"):
             main(argv(model_dir, victim, "--resume_from_checkpoint", "latest"))
         assert not marker.exists()
@@ -512,3 +515,18 @@ def test_a_crafted_pickle_in_an_adapter_folder_is_never_executed(tmp_path):
     with pytest.raises(Exception):  # noqa: B017 - whichever error names it, the payload must not run
         load_prompts(tiny_clip(), tmp_path / "adapter")
     assert not marker.exists()
+
+
+def test_a_checkpoint_adapter_with_missing_or_non_finite_tensors_is_refused(model_dir, tmp_path):
+    from safetensors.torch import save
+
+    out = tmp_path / "out"
+    main(argv(model_dir, out, "--max_train_steps", "1"))
+    folder = out / "checkpoints" / "checkpoint_0"
+    (key, value), *_ = load_file(str(folder / "adapter_model.safetensors")).items()
+    nan = {key: torch.full_like(value, float("nan"))}
+    for tensors, match in (({}, rf"does not fit this adapter: missing \['{key}'\], unexpected \[\]"),
+                           (nan, rf"holds non-finite values \(NaN/inf\) in \['{key}'\]")):  # fmt: skip
+        rewrite(folder, "adapter_model.safetensors", save(tensors))
+        with pytest.raises(ValueError, match=rf"checkpoint {folder} {match}"):
+            main(argv(model_dir, out, "--resume_from_checkpoint", "latest"))

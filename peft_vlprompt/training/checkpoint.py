@@ -212,6 +212,7 @@ class CheckpointManager:
         state = self.state.state_dict() | {"adapter_config": self.adapter_config, "accelerator_step": acc.step,
                                            "num_processes": acc.num_processes, "format": FORMAT_VERSION}  # fmt: skip
         weights = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(self.peft_model).items()}
+        _check_finite(weights, "the adapter to checkpoint")
         files = {STATE_FILE: (json.dumps(state, indent=2, sort_keys=True, default=str) + "\n").encode()}
         files[WEIGHTS_FILE] = save_tensors(weights)
         files |= encode_state("optimizer", self.optimizer.state_dict())
@@ -285,10 +286,13 @@ class CheckpointManager:
             weights = load_tensors(files[WEIGHTS_FILE])
         except (KeyError, ValueError, RuntimeError, SafetensorError) as e:
             raise ValueError(f"checkpoint {path}: {STATE_FILE}/{WEIGHTS_FILE} missing or corrupt ({e})") from e
-        result = set_peft_model_state_dict(self.peft_model, weights)
-        unexpected = getattr(result, "unexpected_keys", [])
-        if unexpected:
-            raise ValueError(f"checkpoint {path} holds tensors this adapter does not have: {unexpected[:5]}")
+        expected = get_peft_model_state_dict(self.peft_model).keys()
+        if weights.keys() != expected:
+            missing, unexpected = sorted(expected - weights.keys()), sorted(weights.keys() - expected)
+            raise ValueError(f"checkpoint {path} does not fit this adapter: missing {missing[:5]}, unexpected "
+                             f"{unexpected[:5]}")  # fmt: skip
+        _check_finite(weights, f"checkpoint {path}")
+        set_peft_model_state_dict(self.peft_model, weights)
         self.optimizer.load_state_dict(decode_state("optimizer", files))
         if self.gpa is not None:
             self.gpa.load_state_dict(decode_state("gpa", files))
@@ -305,6 +309,12 @@ class CheckpointManager:
         self.next_number = max(self.next_number, checkpoint_number(path) + 1 if _NAME.fullmatch(path.name) else 0)
         self._rotate(path)  # finishes a rotation a crash cut short
         logger.info("resumed from %s at optimizer step %d", path, self.state.global_step)
+
+
+def _check_finite(tensors: dict, where: str) -> None:
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise ValueError(f"{where} holds non-finite values (NaN/inf) in {bad[:5]}; it is not saved or loaded")
 
 
 def save_adapter_atomically(peft_model, output_dir: str | os.PathLike, is_main_process: bool = True) -> Path:
