@@ -40,6 +40,7 @@ from peft_vlprompt.assets import clip_tokenizer_path
 from peft_vlprompt.classifier import adapters_disabled
 from peft_vlprompt.losses.kgcoop import kgcoop_loss
 from peft_vlprompt.optim import ProGrad
+from peft_vlprompt.precision import cast_frozen
 from peft_vlprompt.training import TrainingModule
 from peft_vlprompt.training.objectives import KgCoOpObjective, Objective, ProGradObjective, RestoreObjective
 from peft_vlprompt.tuners.cocoop.layer import image_conditioning
@@ -109,10 +110,9 @@ class Runner:
     """One method's adapter, optimizer and its step functions (frozen model in `dtype`, learnable tensors in fp32)."""
 
     def __init__(self, method: str, args, tokenizer, names, device, dtype=torch.float32, clip=None):
-        clip = (clip if clip is not None else build_clip(args)).to(device=device, dtype=dtype)
+        clip = (clip if clip is not None else build_clip(args)).to(device)
         self.method, self.device = method, device
-        self.model = get_peft_model(clip, adapter_config(method, clip))
-        keep_learnable_fp32(self.model)
+        self.model = cast_frozen(get_peft_model(clip, adapter_config(method, clip)), dtype)
         self.clf = PromptClassifier(self.model, tokenizer, names, class_chunk_size=args.chunk)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.prograd = ProGrad(torch.optim.SGD(params, lr=1e-3, momentum=0.9)) if method == "prograd" else None
@@ -199,14 +199,6 @@ class Runner:
         if cached and self.cached is None:
             return None
         return functools.partial(self.package, cached=cached, shared=name.startswith("shared"))
-
-
-def keep_learnable_fp32(model) -> None:
-    """Learnable tensors in fp32 whatever the frozen model's dtype (the adapters cast to the hidden dtype)."""
-    for module in model.modules():
-        for name, param in list(module.named_parameters(recurse=False)):
-            if param.requires_grad and param.dtype != torch.float32:
-                module._parameters[name] = torch.nn.Parameter(param.detach().float())
 
 
 def measure(fn, steps: int, device) -> tuple[float, float | None]:
