@@ -92,11 +92,13 @@ def test_step_time_benchmark_runs_and_prints_ratios(capsys):
             "--vision_width", "64", "--vision_layers", "2", "--image_size", "32", "--patch_size", "8"]  # fmt: skip
     results = bench.main([*tiny, "--methods", "prograd,restore"])
     assert set(results) == {"prograd", "restore"}
-    assert set(results["prograd"]) == {"straightforward", "package", "package + cache", "tokens"}
+    assert set(results["prograd"]) == {"straightforward", "package", "shared", "package + cache", "shared + cache",
+                                       "tokens"}  # fmt: skip
     assert "package + cache" not in results["restore"]  # the image tower is prompted: nothing to cache
     assert all(t > 0 for row in results.values() for k, (t, _) in row.items() if k != "tokens")
     assert results["prograd"]["tokens"][0] < 77
-    assert "straightforward / this" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "straightforward/this" in out and "package/shared" in out
 
 
 def test_help_documents_every_argument():
