@@ -72,3 +72,17 @@ def test_auto_peft_model_and_the_card_snippet_run_elsewhere(toy_adapter, tmp_pat
     render(0, "photo", np.random.default_rng(0)).save(elsewhere / "image.jpg")  # the image the snippet opens
     out = fresh_python(snippet, elsewhere)
     assert out.strip() in ("['red circle']", "['blue square']")
+
+
+def test_the_training_runs_card_loads_the_adapter_from_where_it_was_written(tmp_path, monkeypatch):
+    from peft_vlprompt.training import main
+    from tests.test_training_fixtures import base_args, save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "clip")
+    monkeypatch.chdir(tmp_path)  # a relative --output_dir, as users type it
+    main(base_args(model_dir, Path("runs/x"), "coop", "--max_train_steps", "1"))
+    card = (tmp_path / "runs" / "x" / "adapter" / "README.md").read_text()
+    snippet = card.split("```python\n")[1].split("```")[0]
+    adapter = tmp_path / "runs" / "x" / "adapter"
+    assert f'PeftModel.from_pretrained(CLIPModel.from_pretrained(base), "{adapter}")' in snippet
+    assert f'base = "{model_dir}"' in snippet
