@@ -77,3 +77,43 @@ def test_explicit_n_ctx_and_ctx_init_conflict_stays_an_error(model_dir, tmp_path
     with pytest.raises(ValueError, match=r"`n_ctx`=8 conflicts with `ctx_init`='a photo of a'"):
         main(base_args(model_dir, tmp_path / "out", "coop", *QUICK, "--adapter_kwargs", kwargs))
     assert not (tmp_path / "out").exists()
+
+
+# -- 7. shared CSC is one context for all classes -------------------------------------------------------------------
+def test_shared_csc_trains_base_to_new_and_per_class_context_is_refused(model_dir, tmp_path):
+    """CSC with ctx_init under the released `class_specific_init="shared"` is one context: it generalises to new
+    classes like plain CoOp (released CoOp ignores CSC when CTX_INIT is set); per-class context cannot."""
+    out = tmp_path / "shared"
+    shared = json.dumps({"class_specific": True, "ctx_init": "a photo of a"})
+    results = main(base_args(model_dir, out, "coop", *QUICK, "--adapter_kwargs", shared))
+    assert "new" in json.dumps(results)
+    config, tensors = _saved(out)
+    assert config["class_specific"] is True and config["class_specific_init"] == "shared"
+    (ctx,) = [t for name, t in tensors.items() if "ctx" in name]
+    assert ctx.dim() == 2 and ctx.shape[0] == 4  # (n_ctx, width): no class axis
+    per_class = json.dumps({"class_specific": True, "ctx_init": "a photo of a", "class_specific_init": "per_class"})
+    with pytest.raises(ValueError, match="class-specific context cannot be evaluated on other classes"):
+        main(base_args(model_dir, tmp_path / "per_class", "coop", *QUICK, "--adapter_kwargs", per_class))
+
+
+def test_card_of_shared_csc_says_any_class_names_work():
+    from peft import get_peft_model
+
+    from peft_vlprompt import CoOpConfig
+    from peft_vlprompt.hub import render_card
+    from tests.tiny import tiny_clip
+
+    shared = CoOpConfig(ctx_init="a photo of a", class_specific=True, n_classes=3)
+    card = render_card(get_peft_model(tiny_clip(), shared), base_model="me/tiny-clip").text
+    assert "any class names work" in card and "class-specific context for" not in card
+    per_class = CoOpConfig(ctx_init="a photo of a", class_specific=True, n_classes=3, class_specific_init="per_class")
+    card = render_card(get_peft_model(tiny_clip(), per_class), base_model="me/tiny-clip").text
+    assert "in training label order" in card and "class-specific context for exactly 3 classes" in card
+
+
+# -- 8. --checkpoints_total_limit says when older checkpoints go ----------------------------------------------------
+def test_checkpoints_total_limit_help_says_deletion_follows_a_complete_checkpoint():
+    from peft_vlprompt.training.args import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "older ones are deleted only after the new one is complete" in text

@@ -352,7 +352,8 @@ def render_card(
             "and AutoPeftModel point to it",
             base_model,
         )
-    class_specific = bool(getattr(config, "class_specific", False))
+    # per-class context (not shared CSC, which is one context for all classes) ties the prompts to the label order
+    class_specific = bool(getattr(config, "per_class_context", getattr(config, "class_specific", False)))
     n_classes = getattr(config, "n_classes", None)
     classnames = _first(classnames, training_config.get("classnames"), results.get("classnames"))
     if not classnames:
