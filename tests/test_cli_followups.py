@@ -117,3 +117,54 @@ def test_checkpoints_total_limit_help_says_deletion_follows_a_complete_checkpoin
 
     text = " ".join(build_parser().format_help().split())
     assert "older ones are deleted only after the new one is complete" in text
+
+
+# -- 2. a user's depth deeper than the model is an error; a preset's is clipped ------------------------------------
+@pytest.mark.parametrize(
+    "method, kwargs, field, tower",
+    [
+        ("ivlp", {"depth": 3}, "depth", "text"),
+        ("ivlp", {"depth": 2, "vision_depth": 5}, "vision_depth", "vision"),
+        ("vpt", {"depth": 12}, "depth", "vision"),
+        ("maple", {"depth": 9}, "depth", "text"),
+        ("restore", {"depth": 4}, "depth", "text"),
+    ],
+)
+def test_user_depth_deeper_than_the_model_is_an_error(model_dir, tmp_path, method, kwargs, field, tower):
+    value = kwargs[field]
+    with pytest.raises(ValueError, match=rf"`{field}`={value} .* deeper than the model's {tower} tower, which has 2 "):
+        main(base_args(model_dir, tmp_path / "out", method, *QUICK, "--adapter_kwargs", json.dumps(kwargs)))
+
+
+def test_preset_depth_is_clipped_to_a_shallow_model_and_logged(model_dir, tmp_path, caplog):
+    """MaPLe's preset depth 9 on the 2-layer tiny CLIP: prompts in both layers, and the log says so."""
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="peft_vlprompt.tuners.deep_prompt.presets"):
+        main(base_args(model_dir, out, "maple", *QUICK))
+    config, _ = _saved(out)
+    assert config["text_lengths"] == [2, 2] and config["vision_lengths"] == [2, 2]
+    assert any("`depth`=9 is deeper than the model's 2 layers" in r.getMessage() for r in caplog.records)
+
+
+# -- 5. RESTORE's --adapter_kwargs are checked before any load -----------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"fs_weigth": 1.0}, r"unknown field 'fs_weigth' \(did you mean 'fs_weight'"),
+        ({"vision_ratio": "high"}, r"`vision_ratio` must be a float, got str 'high'"),
+        ({"text_ratio": float("nan")}, r"`text_ratio` must be a finite number"),
+        ({"text_lengths": [2, 2]}, r"sets \['text_lengths'\], which the restore preset computes"),
+        ({"coupling": "none"}, r"coupling"),
+    ],
+)
+def test_restore_adapter_kwargs_fail_before_anything_is_loaded(model_dir, tmp_path, monkeypatch, kwargs, match):
+    from peft_vlprompt.training import loop
+
+    def no_load(*args, **kw):
+        raise AssertionError("data or model loaded before the adapter settings were checked")
+
+    monkeypatch.setattr(loop, "load_protocol_data", no_load)
+    monkeypatch.setattr(loop, "load_clip", no_load)
+    argv = base_args(model_dir, tmp_path / "out", "restore", *QUICK, "--adapter_kwargs", json.dumps(kwargs))
+    with pytest.raises(ValueError, match=match):
+        main(argv)

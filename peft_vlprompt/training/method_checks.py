@@ -13,6 +13,7 @@ from .methods import (
     _fields_of,
     _import,
     _kd_objective,
+    _restore_config,
     method_for_peft_type,
 )
 from .presets import Preset, adapter_settings
@@ -67,12 +68,20 @@ def allowed_adapter_settings(spec: MethodSpec, preset: Preset) -> tuple[set[str]
     cls = spec.resolved_config_class()
     fields = _fields_of(cls) if cls is not None else set()
     path = getattr(spec.build_config, "function_path", None)
+    computed = {"text_lengths", "vision_lengths"}  # the preset sizes them from n_ctx/depth and the backbone
+    if spec.build_config is _restore_config:  # MaPLe lengths from n_ctx/depth, like the deep-prompt presets
+        return (fields - computed) | {"n_ctx", "depth"} | set(preset.adapter), computed
     if path is None:
         return fields | set(preset.adapter), set()
     params = {n for n, p in inspect.signature(_import(path)).parameters.items() if p.kind == p.KEYWORD_ONLY or
               p.kind == p.POSITIONAL_OR_KEYWORD} - {"model_or_layers"}  # fmt: skip
-    computed = {"text_lengths", "vision_lengths"}  # the preset sizes them from n_ctx/depth and the backbone
     return (fields - computed) | params | set(preset.adapter), computed
+
+
+class _TwelveLayers(tuple):
+    """A 12-layer (text, vision) stand-in for the backbone: what the preset functions and RESTORE's size from."""
+
+    text_layers = vision_layers = 12
 
 
 def check_adapter_settings(spec: MethodSpec, adapter_dict: dict | None, args, preset: Preset) -> None:
@@ -101,6 +110,9 @@ def check_adapter_settings(spec: MethodSpec, adapter_dict: dict | None, args, pr
             config = _import(path)(12, **settings)
         elif spec.kwargs_config:  # deep_prompt: the lengths themselves come from --adapter_kwargs
             config = spec.resolved_config_class()(**settings)
+        elif spec.build_config is _restore_config:  # the released per-dataset ratios, sized for 12 layers
+            ctx = BuildContext(_TwelveLayers((12, 12)), "a photo of a {}.", 2, args.dataset)
+            config = _restore_config(spec.resolved_config_class(), settings, ctx)
         elif spec.build_config is _coop_family:
             ctx = BuildContext(None, "a photo of a {}.", 2, args.dataset)  # the teacher template does not matter here
             config = _coop_family(spec.resolved_config_class(), settings, ctx)
@@ -118,3 +130,29 @@ def user_adapter_settings(spec: MethodSpec, preset: Preset, args) -> dict:
     by field group, see `presets.adapter_settings`), logging what the preset would have set where it yields."""
     source = args.sources.get("adapter_kwargs", "Python") if hasattr(args, "sources") else "Python"
     return adapter_settings(spec.name, preset, args.adapter_overrides(), f"--adapter_kwargs ({source})")
+
+
+# the tower(s) whose layers a method's `depth` counts (`vision_depth` always counts the vision tower's); MaPLe and
+# RESTORE's coupled vision prompts follow the text depth (clipped to the vision tower by construction)
+_DEPTH_TOWERS = {"vpt": ("vision",), "deep_language": ("text",), "maple": ("text",), "restore": ("text",)}
+
+
+def check_user_depths(spec: MethodSpec, args, text_layers: int, vision_layers: int) -> None:
+    """A `depth`/`vision_depth` the user gave (`--adapter_kwargs`, from the command line or the config file) deeper
+    than the loaded model is an error: a user value is never clipped. A preset's depth (e.g. 12 on the 2-layer toy
+    CLIP) is the paper's for a full-size model and is still clipped to a shallow one by the preset function, logged."""
+    overrides = args.adapter_overrides()
+    source = args.sources.get("adapter_kwargs", "Python") if hasattr(args, "sources") else "Python"
+    layers = {"text": text_layers, "vision": vision_layers}
+    for name in ("depth", "vision_depth"):
+        value = overrides.get(name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            continue  # absent, or already refused by `check_adapter_settings`
+        towers = ("vision",) if name == "vision_depth" else _DEPTH_TOWERS.get(spec.name, ("text", "vision"))
+        if name == "depth" and "vision_depth" in overrides:
+            towers = tuple(t for t in towers if t != "vision")
+        for tower in towers:
+            if value > layers[tower]:
+                raise ValueError(f"`{name}`={value} (--adapter_kwargs, {source}) is deeper than the model's {tower} "
+                                 f"tower, which has {layers[tower]} layers: give a `{name}` of at most "
+                                 f"{layers[tower]} for this model")  # fmt: skip
