@@ -147,3 +147,75 @@ def test_dtype_names():
         frozen_dtype("half")
     with pytest.raises(ValueError, match="`dtype` must be one of"):
         cast_frozen(tiny_clip(0), torch.int8)
+
+
+# -- the training CLI's knobs ------------------------------------------------------------------------------------
+def test_cli_model_name_or_path_is_an_alias_of_model():
+    from peft_vlprompt.training import parse_args
+
+    assert parse_args(["--model_name_or_path", "openai/clip-vit-base-patch16"]).model == "openai/clip-vit-base-patch16"
+    assert parse_args(["--model_name_or_path", "a/b", "--model", "a/b"]).model == "a/b"
+    with pytest.raises(ValueError, match="alias of `model`.*'a/b'.*'c/d'"):
+        parse_args(["--model", "a/b", "--model_name_or_path", "c/d"])
+
+
+def test_cli_refuses_fp16_where_it_cannot_run():
+    from peft_vlprompt.training import parse_args
+
+    with pytest.raises(ValueError, match=r"`dtype`='float16' needs loss scaling.*--mixed_precision fp16"):
+        parse_args(["--dtype", "float16"])
+    with pytest.raises(ValueError, match=r"`mixed_precision`='fp16' needs a GPU, but `cpu` is set"):
+        parse_args(["--mixed_precision", "fp16", "--cpu"])
+    args = parse_args(["--dtype", "bfloat16", "--attn_implementation", "eager", "--gradient_checkpointing",
+                       "--torch_compile"])  # fmt: skip
+    assert (args.dtype, args.attn_implementation, args.gradient_checkpointing, args.torch_compile) == (
+        "bfloat16", "eager", True, True)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from tests.test_training_fixtures import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_clip"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_training_refuses_fp16_without_a_gpu_before_loading(model_dir, tmp_path, monkeypatch):
+    from peft_vlprompt.training import loop, main
+    from tests.test_training_fixtures import base_args
+
+    monkeypatch.setattr(loop, "load_clip", lambda *a, **k: pytest.fail("loaded a model before refusing"))
+    with pytest.raises(ValueError, match=r"`mixed_precision`='fp16' needs a GPU \(torch.cuda.is_available"):
+        main(base_args(model_dir, tmp_path / "run", "coop", "--mixed_precision", "fp16"))
+    with pytest.raises(ValueError, match="`attn_implementation`='flash_attention_2' needs a GPU"):
+        main(base_args(model_dir, tmp_path / "run", "coop", "--attn_implementation", "flash_attention_2"))
+
+
+def test_training_with_bf16_frozen_model_and_the_knobs(model_dir, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from peft_vlprompt.training import loop, main
+    from tests.test_training_fixtures import base_args
+
+    seen = {}
+    real_classifier = loop.PromptClassifier
+
+    def spy(model, *args, **kwargs):
+        clip = model.base_model.model
+        seen["frozen"] = {p.dtype for p in model.parameters() if not p.requires_grad}
+        seen["learned"] = learnable_dtypes(model)
+        seen["attn"] = clip.config.text_config._attn_implementation
+        seen["checkpointing"] = clip.is_activation_checkpointing
+        return real_classifier(model, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "PromptClassifier", spy)
+    monkeypatch.setattr(loop.TrainingModule, "compile", lambda self: seen.setdefault("compiled", True), raising=False)
+    out = tmp_path / "run"
+    argv = ["--dtype", "bfloat16", "--attn_implementation", "eager", "--gradient_checkpointing", "--torch_compile",
+            "--max_train_steps", "2", "--no_eval_zero_shot"]  # fmt: skip
+    results = main(base_args(model_dir, out, "prograd", *argv))
+    assert results["global_step"] == 2
+    assert seen == {"frozen": {torch.bfloat16}, "learned": {torch.float32}, "attn": "eager", "checkpointing": True,
+                    "compiled": True}  # fmt: skip
+    saved = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert {v.dtype for v in saved.values()} == {torch.float32}

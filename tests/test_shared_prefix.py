@@ -129,7 +129,7 @@ def test_zero_shot_template_and_eval_features():
 def test_gradient_checkpointing_on_the_shared_path():
     model = build("ivlp", "sdpa")
     full = step(model, CLASSES, shared=False)
-    model.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.base_model.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     assert_same(step(model, CLASSES, shared=True), full)
 
 

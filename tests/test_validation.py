@@ -99,6 +99,8 @@ TRAIN_OUT_OF_RANGE = {
     "max_grad_norm": 0.0,
     "max_train_steps": 0,
     "mixed_precision": "fp8",
+    "dtype": "half",
+    "attn_implementation": "flash",
     "torch_threads": 0,
     "kd_weight": -1.0,
     "kd_temperature": 0.0,
@@ -114,7 +116,7 @@ TRAIN_OUT_OF_RANGE = {
 TRAIN_NO_RANGE = {  # names and paths are checked against the registry / the disk (tests/test_cli.py)
     "method", "config", "dataset", "data_dir", "template", "eval_datasets", "model", "cpu", "cache_image_features",
     "eval_zero_shot", "output_dir", "resume_from_checkpoint", "with_tracking", "report_to", "push_to_hub",
-    "hub_model_id", "hub_private", "verify_images",
+    "hub_model_id", "hub_private", "verify_images", "gradient_checkpointing", "torch_compile",
 }  # fmt: skip
 
 

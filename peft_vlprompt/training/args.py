@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("few_shot", "base2new", "cross_dataset", "domain_generalization")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+DTYPES = ("float32", "bfloat16", "float16")  # peft_vlprompt.precision.FROZEN_DTYPES (kept free of torch here)
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 COMMAND_LINE, CONFIG_FILE, DEFAULT_RUN_SOURCE, PRESET = "command line", "config file", "default run", "preset"
 
 # The embedded default run (no command-line arguments): ProGrad-CoOp on the toy world's base-to-new task with the
@@ -120,6 +122,23 @@ class TrainArguments:
         "CLIP checkpoint: local folder or Hub id (e.g. openai/clip-vit-base-patch16).",
         shown="the toy CLIP shipped in peft_vlprompt/toy/toy_clip",
     )
+    dtype: str = _f(
+        "float32",
+        "Dtype of the frozen CLIP; the learned tensors stay float32 (peft_vlprompt.precision.cast_frozen). "
+        "float16 needs --mixed_precision fp16 (loss scaling), hence a GPU.",
+        choices=DTYPES,
+    )
+    attn_implementation: str | None = _f(
+        None,
+        "Attention kernel of the CLIP model (flash_attention_2 needs the flash-attn package and a GPU; the "
+        "shared-prefix text encoding then falls back to the full text tower).",
+        shown="transformers' choice",
+        choices=ATTN_IMPLEMENTATIONS,
+    )
+    gradient_checkpointing: bool = _f(
+        False, "Recompute each CLIP layer's activations in backward (less memory, more time; same numbers)."
+    )
+    torch_compile: bool = _f(False, "torch.compile the training forward (`nn.Module.compile`).")
     # -- optimisation ----------------------------------------------------------------------------------------------
     num_epochs: int | None = _f(None, "Training epochs.", shown="the method's preset", min=1)
     lr: float | None = _f(None, "Peak SGD learning rate.", shown="the method's preset", gt=0)
@@ -242,6 +261,15 @@ class TrainArguments:
                 raise ValueError(
                     f"`checkpointing_steps` must be a positive integer or 'epoch', got {self.checkpointing_steps!r}"
                 )
+        if self.dtype == "float16" and self.mixed_precision != "fp16":
+            raise ValueError(
+                "`dtype`='float16' needs loss scaling against fp16 gradient underflow: add --mixed_precision fp16 "
+                "(a GPU), or use --dtype bfloat16"
+            )
+        if self.cpu and self.mixed_precision == "fp16":  # without --cpu, the loop checks for a GPU before loading
+            raise ValueError(
+                "`mixed_precision`='fp16' needs a GPU, but `cpu` is set: on CPU use --mixed_precision bf16 or no"
+            )
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("`hub_model_id` is required with `push_to_hub` (e.g. --hub_model_id user/coop-dtd)")
         self._check_nothing_ignored()
@@ -364,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
             add(nargs="+", type=item, metavar=_METAVARS.get(item, "VALUE"), help=help_text, **kwargs)
         else:
             add(type=base, metavar=None if "choices" in kwargs else _METAVARS.get(base), help=help_text, **kwargs)
+    parser.add_argument("--model_name_or_path", type=str, metavar="TEXT", help="Alias of --model.")
     return parser
 
 
@@ -387,6 +416,14 @@ def parse_args(argv: list[str] | None) -> TrainArguments:
     """
     parser = build_parser()
     given = vars(parser.parse_args(list(argv or [])))
+    alias = given.pop("model_name_or_path", None)
+    if alias is not None:
+        if "model" in given and given["model"] != alias:
+            raise ValueError(
+                f"`model_name_or_path` is an alias of `model`: give one, got --model {given['model']!r} and "
+                f"--model_name_or_path {alias!r}"
+            )
+        given["model"] = alias
     values, sources = {}, {}
     if not _chooses_experiment(given):
         defaults = vars(parser.parse_args(default_argv()))

@@ -26,6 +26,7 @@ from ..classifier import PromptClassifier
 from ..data import make_transform
 from ..finite import check_training_step
 from ..optim import GaussianPromptAggregator, ProGrad
+from ..precision import cast_frozen, frozen_dtype
 from .args import TrainArguments, parse_args
 from .build import (
     check_dataset_names,
@@ -84,6 +85,24 @@ class TrainingModule(nn.Module):
             logits = clf.logits(image_features, text)
         terms = self.objective(StepInputs(clf, logits, labels, image_features, text, pixel_values))
         return {"logits": logits, "terms": terms}
+
+
+def _check_device_options(args: TrainArguments) -> None:
+    """fp16 and flash attention need a GPU (and flash-attn): refused before any data or model is loaded."""
+    gpu = torch.cuda.is_available() and not args.cpu
+    if args.mixed_precision == "fp16" and not gpu:
+        where = "`cpu` is set" if args.cpu else "torch.cuda.is_available() is False"
+        raise ValueError(
+            f"`mixed_precision`='fp16' needs a GPU ({where}): use --mixed_precision bf16 or no, and --dtype "
+            "bfloat16 or float32"
+        )
+    if args.attn_implementation == "flash_attention_2":
+        import importlib.util
+
+        if not gpu or importlib.util.find_spec("flash_attn") is None:
+            raise ValueError(
+                "`attn_implementation`='flash_attention_2' needs a GPU and the flash-attn package: use sdpa or eager"
+            )
 
 
 def _resolve_method(args: TrainArguments) -> tuple[MethodSpec, dict | None]:
@@ -169,6 +188,7 @@ def train(args: TrainArguments) -> dict:
     spec, adapter_dict = _resolve_method(args)
     check_paths(args)
     _check_adapter_settings(spec, adapter_dict, args)
+    _check_device_options(args)
     if args.torch_threads is not None:
         torch.set_num_threads(args.torch_threads)
     if args.output_dir is None:
@@ -201,6 +221,10 @@ def train(args: TrainArguments) -> dict:
         check_resume_args(resume_dir, args)
 
     clip, tokenizer, image_processor = load_clip(args.model)
+    if args.attn_implementation is not None:
+        clip.set_attn_implementation(args.attn_implementation)
+    if args.gradient_checkpointing:  # non-reentrant: the frozen inputs need no grad for the prompts to get theirs
+        clip.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     set_seed(args.seed)  # adapter initialisation does not depend on what data loading drew
     config = None
     if spec.trains:
@@ -221,6 +245,8 @@ def train(args: TrainArguments) -> dict:
                     args.batch_size, preset.source)  # fmt: skip
     else:
         model = clip
+    if args.dtype != "float32":  # after the adapter exists, so its initial values are taken at full precision
+        cast_frozen(model, frozen_dtype(args.dtype))
     classifier = PromptClassifier(model, tokenizer, task.classnames, template=task.template,
                                   image_processor=image_processor, class_chunk_size=args.class_chunk_size,
                                   text_memory_budget=args.text_memory_budget_mb * 2**20)  # fmt: skip
@@ -233,6 +259,8 @@ def train(args: TrainArguments) -> dict:
                          "objective needs the images at every step")  # fmt: skip
 
     module = TrainingModule(classifier, objective)
+    if args.torch_compile:
+        module.compile()
     loaders = [make_eval_loader(s, image_processor, args.eval_batch_size, args.dataloader_num_workers, accelerator)
                for s in data.eval_splits]  # fmt: skip
     evaluator = Evaluator(classifier, data.eval_splits, loaders, accelerator, vision_prompted, conditioned)
