@@ -24,13 +24,26 @@ ImageNet templates); `--subnet_text_input template` writes a found.json that fee
 """
 
 import logging
+import sys
 
 from accelerate import PartialState
 from accelerate.logging import get_logger
 
-from peft_vlprompt.dpl.run import main
+from peft_vlprompt.dpl.run import check_args, parse_args, run_search
 
 logger = get_logger(__name__)
+
+
+def checked_args(argv: list[str]):
+    """The parsed and checked arguments; our own validation errors end the script like argparse's (status 2, one
+    line, no traceback), before anything is loaded."""
+    try:
+        run_args, search_args = parse_args(argv)
+        check_args(run_args, search_args)
+    except (ValueError, TypeError) as e:  # FieldTypeError is both
+        print(f"examples/dpl_search.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return run_args, search_args
 
 
 if __name__ == "__main__":
@@ -40,5 +53,5 @@ if __name__ == "__main__":
         datefmt="%H:%M:%S",
         level=logging.INFO if state.is_main_process else logging.WARNING,
     )
-    result = main()
+    result = run_search(*checked_args(sys.argv[1:]))
     logger.info("DPL search done: %s", result, main_process_only=True)

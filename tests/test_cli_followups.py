@@ -168,3 +168,89 @@ def test_restore_adapter_kwargs_fail_before_anything_is_loaded(model_dir, tmp_pa
     argv = base_args(model_dir, tmp_path / "out", "restore", *QUICK, "--adapter_kwargs", json.dumps(kwargs))
     with pytest.raises(ValueError, match=match):
         main(argv)
+
+
+# -- 4. the DPL search's arguments: the shared validation and the early checks -------------------------------------
+def _search_args(tmp_path, *extra):
+    return ["--output_dir", str(tmp_path / "search"), *extra]
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--lr", "inf"], r"`lr` must be a finite number, got inf"),
+        (["--weight_decay", "nan"], r"`weight_decay` must be a finite number, got nan"),
+        (["--alpha_lr", "inf"], r"`alpha_lr` must be a finite number, got inf"),
+        (["--max_grad_norm", "inf"], r"`max_grad_norm` must be a finite number, got inf"),
+        (["--momentum", "-0.5"], r"`momentum` must be >= 0, got -0.5"),
+        (["--subnet_init_std", "0"], r"`subnet_init_std` must be > 0, got 0.0"),
+        (["--class_chunk_size", "0"], r"`class_chunk_size` must be >= 1, got 0"),
+        (["--text_candidates", "0", "-2"], r"`text_candidates` must contain lengths >= 0, got -2 at index 1"),
+    ],
+)
+def test_dpl_search_arguments_are_validated(tmp_path, extra, match):
+    from peft_vlprompt.dpl.run import parse_args
+
+    with pytest.raises(ValueError, match=match):
+        parse_args(_search_args(tmp_path, *extra))
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ({"lrr": 0.1}, r"file .*args\.json: unknown field 'lrr' \(did you mean 'lr'"),
+        ({"num_epochs": "three"}, r"file .*args\.json: `num_epochs` must be an int, got str 'three'"),
+        ({"warmup_lr": float("nan")}, r"file .*args\.json: `warmup_lr` must be a finite number"),
+        ({"shots": True}, r"`shots` must be an int, got bool True"),
+        ([1, 2], r"must hold a JSON object of arguments, got list"),
+    ],
+)
+def test_dpl_search_arguments_file_is_validated_and_unknown_keys_named(tmp_path, content, match):
+    from peft_vlprompt.dpl.run import parse_args
+
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=match):
+        parse_args([str(path)])
+
+
+def test_dpl_search_arguments_file_sets_both_dataclasses(tmp_path):
+    from peft_vlprompt.dpl.run import parse_args
+
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"dataset": "toy_colors", "shots": 4, "lr": 0.01, "text_candidates": [0, 2]}))
+    run_args, search_args = parse_args([str(path)])
+    assert (run_args.dataset, run_args.shots, run_args.text_candidates, search_args.lr) == (
+        "toy_colors",
+        4,
+        [0, 2],
+        0.01,
+    )
+    assert search_args.num_epochs == 80  # the rest keep their defaults
+
+
+def test_dpl_search_paths_and_combinations_fail_before_anything_is_loaded(tmp_path, monkeypatch):
+    from peft_vlprompt.dpl import run
+    from peft_vlprompt.training import build
+
+    def no_load(*args, **kw):
+        raise AssertionError("loaded before the arguments were checked")
+
+    monkeypatch.setattr(build, "load_clip", no_load)
+    monkeypatch.setattr("peft_vlprompt.data.load_task", no_load)
+    cases = [
+        (["--model", str(tmp_path / "nowhere")], r"`model` folder .*nowhere does not exist"),
+        (["--data_dir", str(tmp_path / "no_data")], r"`data_dir` folder .*no_data does not exist"),
+        (["--dataset", "toy_objectz"], r"Unknown dataset 'toy_objectz'"),
+        (["--template", "a photo"], r"`template` must contain '\{\}'"),
+        (["--resume_from_checkpoint", "latest"], r"'latest' but .*search has no checkpoint-<step> folder"),
+        (["--resume_from_checkpoint", str(tmp_path / "ck")], r"`resume_from_checkpoint` folder .*ck does not exist"),
+    ]
+    for extra, match in cases:
+        with pytest.raises(ValueError, match=match):
+            run.main(_search_args(tmp_path, *extra))
+    (tmp_path / "search" / "checkpoint-4").mkdir(parents=True)
+    with pytest.raises(
+        ValueError, match=r"holds the checkpoints of an earlier search .*--resume_from_checkpoint latest"
+    ):
+        run.main(_search_args(tmp_path))

@@ -379,6 +379,23 @@ def test_a_fresh_run_into_a_folder_with_checkpoints_fails_before_any_work(model_
         main(argv(model_dir, out))
 
 
+def _write_the_other_files(root: Path) -> None:
+    """A split file (`data.split_io`), a toy CLIP folder (`toy.pretrain`) and a DPL supernet (`dpl.run`)."""
+    from peft import get_peft_model
+
+    from peft_vlprompt.data.split_io import atomic_write_json
+    from peft_vlprompt.dpl.run import _save_supernet
+    from peft_vlprompt.toy.pretrain import save_toy_clip
+    from peft_vlprompt.tuners.dpl import DPLSearchConfig
+    from tests.tiny import tiny_clip
+
+    atomic_write_json(root / "split.json", {"train": [["a.png", 0, "a"]]})
+    save_toy_clip(tiny_clip(), str(root / "toy_clip"))
+    supernet = get_peft_model(tiny_clip(), DPLSearchConfig(text_candidates=[0, 1], vision_candidates=[0, 1]))
+    (root / "dpl").mkdir()
+    _save_supernet(supernet, root / "dpl")
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_files_and_folders_get_the_umask_permissions(model_dir, tmp_path, umask):
     from peft_vlprompt.hub import __main__ as hub_cli
@@ -402,10 +419,14 @@ def test_files_and_folders_get_the_umask_permissions(model_dir, tmp_path, umask)
             loop._fit = real_fit
         save_prompts_with_card(captured["model"], tmp_path / "shared")
         hub_cli.main([str(out / "adapter"), "--output", str(tmp_path / "card" / "README.md")])
+        _write_the_other_files(tmp_path / "more")
     finally:
         os.umask(old)
-    folders = [out / "adapter", out / "checkpoints" / "checkpoint_0", tmp_path / "shared"]
-    files = [p for f in folders for p in f.iterdir()] + [out / "all_results.json", tmp_path / "card" / "README.md"]
+    more = tmp_path / "more"
+    folders = [out / "adapter", out / "checkpoints" / "checkpoint_0", tmp_path / "shared", more / "toy_clip",
+               more / "dpl" / "supernet"]  # fmt: skip
+    files = [p for f in folders for p in f.iterdir()] + [out / "all_results.json", tmp_path / "card" / "README.md",
+                                                          more / "split.json"]  # fmt: skip
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in folders} == {p.name: oct(0o777 & ~umask) for p in folders}
     assert {str(p): oct(p.stat().st_mode & 0o777) for p in files} == {str(p): oct(0o666 & ~umask) for p in files}
 

@@ -2,8 +2,9 @@
 
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from .._atomic import atomic_write_text
 
 # (path relative to the split root, label, class name), CoOp's `[relpath, label, classname]` entry.
 Item = tuple[str, int, str]
@@ -11,20 +12,8 @@ Item = tuple[str, int, str]
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
     """Writes `obj` as JSON to `path` through a temp file in the same folder and `os.replace`, so readers never
-    see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    see a half-written file (`peft_vlprompt._atomic`: the file gets the umask's mode, not mkstemp's 0600)."""
+    atomic_write_text(path, json.dumps(obj))
 
 
 def list_visible(path: Path, *, dirs: bool) -> list[str]:

@@ -1,5 +1,9 @@
 """`examples/dpl_search.py`: load CLIP and a few-shot task, search the supernet, export `found.json`.
 
+The arguments come from the command line or from one JSON file (`examples/dpl_search.py args.json`, every key a
+field) and go through the shared validation (`peft_vlprompt._validation`: type, range, finite; an unknown key of the
+file is named), then the checks of the paths and combinations, all before anything is loaded (`check_args`).
+
 Then train the found lengths with the normal loop:
 `accelerate launch examples/train.py --method dpl --config <output_dir>/found.json --dataset ... [--kd_weight w]`.
 """
@@ -7,22 +11,37 @@ Then train the found lengths with the normal loop:
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+import shutil
+import sys
+import typing
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from peft import get_peft_model
 from transformers import HfArgumentParser
 
+from .._atomic import atomic_write_text, fsync_dir, fsync_file, make_temp_dir, normal_mode, temp_name
+from .._validation import FieldTypeError, check_fields, check_known_keys, check_value
 from ..classifier import PromptClassifier
 from ..tuners.deep_prompt.config import TEXT_INPUTS
 from ..tuners.dpl import DPLSearchConfig
 from .export import save_search_result
-from .search import DPLSearch, DPLSearchArguments
+from .search import CHECKPOINT_PREFIX, DPLSearch, DPLSearchArguments, latest_checkpoint
 
 logger = logging.getLogger(__name__)
 
 SUBSAMPLES = ("all", "base")
+# ranges of the fields (kept out of the fields' metadata, which HfArgumentParser hands to argparse)
+RUN_RULES = {"class_chunk_size": {"min": 1}, "text_candidates": {"item_min": 0, "items": "lengths"},
+             "vision_candidates": {"item_min": 0, "items": "lengths"}, "subnet_init_std": {"gt": 0}}  # fmt: skip
+SEARCH_RULES = {
+    **dict.fromkeys(
+        ("num_epochs", "batch_size", "val_batch_size", "max_steps", "checkpoint_every", "log_every"), {"min": 1}
+    ),
+    **dict.fromkeys(("lr", "alpha_lr", "max_grad_norm"), {"gt": 0}),
+    **dict.fromkeys(("momentum", "weight_decay", "warmup_lr", "alpha_weight_decay", "warmup_epochs"), {"min": 0}),
+}  # alpha_beta1/2 in [0, 1): DPLSearchArguments checks them
 
 
 @dataclass
@@ -67,6 +86,7 @@ class DPLRunArguments:
     )
 
     def __post_init__(self):
+        check_fields(self, rules=RUN_RULES)
         if self.subsample not in SUBSAMPLES:
             raise ValueError(f"`subsample` must be one of {SUBSAMPLES}, got {self.subsample!r}")
         if self.shots != -1 and self.shots < 1:
@@ -85,21 +105,105 @@ class DPLRunArguments:
 
 
 def parse_args(argv: list[str] | None) -> tuple[DPLRunArguments, DPLSearchArguments]:
-    parser = HfArgumentParser((DPLRunArguments, DPLSearchArguments))
-    return parser.parse_args_into_dataclasses(args=argv)
+    """The two argument dataclasses of the command line (`argv=None`: `sys.argv`), or of a JSON file given alone."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return _from_json_file(Path(argv[0]))
+    run_args, search_args = HfArgumentParser((DPLRunArguments, DPLSearchArguments)).parse_args_into_dataclasses(
+        args=argv
+    )
+    check_fields(search_args, rules=SEARCH_RULES)  # finite, in range (argparse checked the types)
+    return run_args, search_args
+
+
+def _from_json_file(path: Path) -> tuple[DPLRunArguments, DPLSearchArguments]:
+    where = f"DPL search arguments file {path}"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{where} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{where} is not a readable JSON file: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must hold a JSON object of arguments, got {type(data).__name__}")
+    classes = (DPLRunArguments, DPLSearchArguments)
+    names = {c: {f.name for f in fields(c)} for c in classes}
+    check_known_keys(data, names[DPLRunArguments] | names[DPLSearchArguments], where)
+    built = []
+    for cls, rules in zip(classes, (RUN_RULES, SEARCH_RULES)):
+        hints = typing.get_type_hints(cls)
+        values = {k: v for k, v in data.items() if k in names[cls]}
+        for key, value in values.items():  # before the dataclass compares a wrong type with a number
+            meta = {**rules.get(key, {}), **cls.__dataclass_fields__[key].metadata}
+            try:
+                check_value(key, value, hints[key], meta)
+            except FieldTypeError as e:
+                raise FieldTypeError(f"{where}: {e}") from None
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+        built.append(cls(**values))
+    check_fields(built[1], rules=SEARCH_RULES)
+    return built[0], built[1]
+
+
+def check_args(run_args: DPLRunArguments, search_args: DPLSearchArguments) -> DPLSearchConfig:
+    """Every check that needs no data or model: the search space, the paths, the dataset name and the resume/output
+    combination, so a mistake fails at once (`examples/dpl_search.py` ends it with status 2). Returns the search
+    config."""
+    from ..data import get_dataset_spec
+    from ..training.inputs import check_model_reference
+
+    search_config = run_args.search_config()
+    check_model_reference(run_args.model)
+    if run_args.data_dir is not None and not Path(run_args.data_dir).expanduser().is_dir():
+        raise ValueError(f"`data_dir` folder {run_args.data_dir} does not exist")
+    get_dataset_spec(run_args.dataset)
+    if run_args.template is not None and "{}" not in run_args.template:
+        raise ValueError(f"`template` must contain '{{}}' for the class name, got {run_args.template!r}")
+    resume, out = run_args.resume_from_checkpoint, Path(run_args.output_dir)
+    if resume == "latest" and latest_checkpoint(out) is None:
+        raise ValueError(f"`resume_from_checkpoint`='latest' but {out} has no {CHECKPOINT_PREFIX}<step> folder")
+    if resume not in (None, "latest") and not Path(resume).is_dir():
+        raise ValueError(f"`resume_from_checkpoint` folder {resume} does not exist")
+    if resume is None and latest_checkpoint(out) is not None:
+        raise ValueError(f"`output_dir` {out} holds the checkpoints of an earlier search ({latest_checkpoint(out)}): "
+                         "pass --resume_from_checkpoint latest to continue it, or another --output_dir")  # fmt: skip
+    return search_config
+
+
+def _save_supernet(model, out: Path) -> None:
+    """`out/supernet/`, complete or absent, with the umask's permissions (safetensors writes 0600)."""
+    final, staging = out / "supernet", make_temp_dir(out, ".supernet-")
+    try:
+        model.save_pretrained(staging)
+        for path in staging.iterdir():
+            normal_mode(path)
+            fsync_file(path)
+        old = temp_name(out, ".supernet.old-") if final.exists() else None
+        if old is not None:
+            os.rename(final, old)
+        os.rename(staging, final)
+        fsync_dir(out)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the search; returns `{"found": path, "alphas": path, "chosen_lengths": ..., "steps": ...}`."""
+    return run_search(*parse_args(argv))
+
+
+def run_search(run_args: DPLRunArguments, search_args: DPLSearchArguments) -> dict:
+    """`main` with parsed arguments (checked again here: `check_args` is cheap and loads nothing)."""
     from accelerate import Accelerator
 
     from ..data import load_task, make_transform
     from ..training.build import load_clip
 
-    run_args, search_args = parse_args(argv)
+    search_config = check_args(run_args, search_args)  # before anything is loaded
     accelerator = Accelerator()
-    search_config = run_args.search_config()  # fail on a bad search space before loading anything
-    clip, tokenizer, image_processor = load_clip(run_args.model)
     task = load_task(
         run_args.dataset,
         run_args.data_dir,
@@ -113,6 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"DPL's search needs validation data (alpha is learned on it): dataset {task.name!r} has "
             f"{'no' if task.val is None else 'an empty'} val split; use a dataset with a val split"
         )
+    clip, tokenizer, image_processor = load_clip(run_args.model)  # after the data, whose errors come first
     # training images take the random crop/flip (from the global torch RNG, saved in checkpoints); val the test view
     train = task.train.with_transform(make_transform(image_processor, train=True))
     val = task.val.with_transform(make_transform(image_processor, train=False))
@@ -138,15 +243,13 @@ def main(argv: list[str] | None = None) -> dict:
         found, alphas = save_search_result(
             model, out, init_std=run_args.subnet_init_std, text_input=run_args.subnet_text_input
         )
-        model.save_pretrained(out / "supernet")
+        _save_supernet(model, out)
         summary = json.loads(alphas.read_text())
         result |= {"found": str(found), "alphas": str(alphas), "chosen_lengths": summary["chosen_lengths"]}
         last = search.history[-1] if search.history else {}
         result |= {"final_train_loss": last.get("train_loss"), "final_val_loss": last.get("val_loss")}
         record = {"run": asdict(run_args), "search": asdict(search_args), "result": result}
-        tmp = out / ".dpl_search_results.json.tmp"
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, out / "dpl_search_results.json")
+        atomic_write_text(out / "dpl_search_results.json", json.dumps(record, indent=2) + "\n")
         logger.info("chosen lengths: %s", summary["chosen_lengths"])
         logger.info(
             "next: accelerate launch examples/train.py --method dpl --config %s --dataset %s%s", found, run_args.dataset,

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._atomic import normal_mode
 from .captions import COLOR_TEMPLATES, DOMAIN_TEMPLATES, GENERIC_TEMPLATES
 from .world import COLORS, DOMAINS, IMAGE_SIZE, OBJECT_CLASSES, SHAPES, render_array
 
@@ -359,7 +360,7 @@ def save_toy_clip(model, output_dir: str, cfg: ToyPretrainConfig | None = None) 
             with open(os.path.join(tmp, "toy_pretrain_config.json"), "w") as f:
                 json.dump(asdict(cfg), f, indent=2)
         for name in sorted(os.listdir(tmp)):
-            os.chmod(os.path.join(tmp, name), 0o644)  # some writers create 0600 files
+            normal_mode(os.path.join(tmp, name))  # some writers create 0600 files; the umask decides
             os.replace(os.path.join(tmp, name), os.path.join(output_dir, name))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
