@@ -5,7 +5,9 @@ first add their member to that enum (idempotent, a no-op if peft ever ships the 
 the official function, which keeps its validation. `tests/test_peft_compat.py` fails loudly if peft moves.
 """
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import peft
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
@@ -50,3 +52,20 @@ def register_method(*, name: str, config_cls: type, model_cls: type) -> PeftType
     register_peft_method(name=name, config_cls=config_cls, model_cls=model_cls, prefix=model_cls.prefix)
     logger.debug("registered peft method %s", name)
     return peft_type
+
+
+@contextlib.contextmanager
+def accepting_peft_type(model, peft_type: PeftType) -> Iterator[None]:
+    """Let `PeftModel.add_adapter`/`load_adapter` take an adapter of `peft_type` beside the model's own.
+
+    peft refuses adapters of another type by comparing with the plain attribute `PeftModel.peft_type` (set once from
+    the first adapter); callers (`peft_vlprompt.adapters`) only use this for tuners that build the same tensors.
+    """
+    if not isinstance(getattr(model, "peft_type", None), PeftType):
+        raise RuntimeError("peft moved: `PeftModel.peft_type` is no longer the attribute `add_adapter` compares")
+    saved = model.peft_type
+    model.peft_type = peft_type
+    try:
+        yield
+    finally:
+        model.peft_type = saved

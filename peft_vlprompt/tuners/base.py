@@ -173,6 +173,9 @@ class VLPromptTuner(BaseTuner):
     prefix: str = "vlp_"
     tuner_layer_cls = VLPromptLayer
     target_module_mapping: dict = {}
+    # tuners of one family build the same layers and tensors from their configs and differ only in the objective
+    # (CoOp, KgCoOp, ProGrad-CoOp), so their adapters can sit on one model (`peft_vlprompt.adapters`); None: alone
+    state_family: str | None = None
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
         # Targets come from the backbone, so resolve them here; `PeftModel.add_adapter` calls this directly (it skips
