@@ -254,3 +254,34 @@ def test_dpl_search_paths_and_combinations_fail_before_anything_is_loaded(tmp_pa
         ValueError, match=r"holds the checkpoints of an earlier search .*--resume_from_checkpoint latest"
     ):
         run.main(_search_args(tmp_path))
+
+
+# -- 3. our own validation errors end the examples like argparse: status 2, one line, no traceback -----------------
+def _example(script: str, *argv: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, f"examples/{script}", *argv], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=300)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_examples_end_refused_runs_with_status_2_and_one_line(model_dir, tmp_path):
+    conflict = json.dumps({"n_ctx": 8, "ctx_init": "a photo of a"})
+    common = ["--model", str(model_dir), "--output_dir", str(tmp_path / "out"), "--torch_threads", "1"]
+    cases = [
+        # after the heavy imports: the adapter settings and an unknown dataset name
+        ("train.py", ["--method", "coop", "--adapter_kwargs", conflict, *common], "`n_ctx`=8 conflicts with"),
+        ("train.py", ["--method", "coop", "--dataset", "toy_objectz", *common], "Unknown dataset 'toy_objectz'"),
+        # before them (standard library only)
+        ("train.py", ["--method", "coop", "--lr", "-5", *common], "`lr` must be > 0, got -5.0"),
+        ("dpl_search.py", ["--lr", "inf", "--output_dir", str(tmp_path / "s")], "`lr` must be a finite number"),
+    ]
+    for script, argv, message in cases:
+        done = _example(script, *argv)
+        lines = [line for line in done.stderr.splitlines() if line.startswith(f"examples/{script}: error: ")]
+        assert done.returncode == 2, (script, argv, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr and len(lines) == 1 and message in lines[0], done.stderr[-2000:]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "s").exists()
