@@ -19,13 +19,14 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .backbones import ClipBackbone, unwrap_clip
 from .finite import check_finite
 from .text_prefix import shared_prefix_text_features
-from .tuners.base import DEFAULT_TEMPLATE, VLPromptConfig, enabled_configs, prompt_layers, text_rows_for_classes
+from .tuners.base import DEFAULT_TEMPLATE, VLPromptConfig, enabled_configs, text_rows_for_classes
 from .tuners.cocoop.layer import image_conditioning
 from .tuners.tokens import class_text
 
@@ -210,7 +211,9 @@ class PromptClassifier(nn.Module):
 
     def _adapter_state_key(self) -> tuple:
         state = []
-        for layer in prompt_layers(self.model):
+        # every peft tuner layer, not only ours: a LoRA adapter (CLIP-LoRA) changes the template's text features too
+        for layer in (m for m in self.model.modules() if isinstance(m, BaseTunerLayer)):
+            state.append((id(layer), bool(layer.disable_adapters), bool(layer.merged), tuple(layer.active_adapters)))
             for name, tensor in list(layer.named_parameters()) + list(layer.named_buffers()):
                 if not name.startswith("base_layer."):
                     state.append((id(tensor), tensor._version))

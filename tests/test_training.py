@@ -275,7 +275,7 @@ def test_presets_follow_the_papers_configs():
     kg = get_preset("kgcoop", PresetContext("base2new", 16, "dtd"))
     assert (kg.num_epochs, kg.batch_size, kg.adapter["kg_weight"]) == (100, 128, 8.0)
     expected = {"coop", "cocoop", "prograd", "kgcoop", "ivlp", "vpt", "deep_language", "maple", "promptsrc",
-                "restore", "dpl", "deep_prompt", "zeroshot"}  # fmt: skip
+                "restore", "dpl", "deep_prompt", "zeroshot", "clip_lora"}  # fmt: skip
     assert set(available_methods()) == expected
 
 

@@ -1,5 +1,5 @@
 """Backbone adapters: the only code that knows module paths and sizes inside the supported models."""
 
-from .clip import ClipBackbone, unwrap_clip
+from .clip import ClipBackbone, attention_projections, unwrap_clip
 
-__all__ = ["ClipBackbone", "unwrap_clip"]
+__all__ = ["ClipBackbone", "attention_projections", "unwrap_clip"]

@@ -13,6 +13,8 @@ TOKEN_EMBEDDING = "text_model.embeddings.token_embedding"
 VISION_EMBEDDINGS = "vision_model.embeddings"
 TEXT_PROJECTION = "text_projection"
 VISUAL_PROJECTION = "visual_projection"
+# `CLIPAttention`'s linear layers, by the letter the papers use for them
+ATTENTION_PROJECTIONS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj"}
 
 
 def unwrap_clip(model: nn.Module) -> nn.Module:
@@ -103,6 +105,23 @@ class ClipBackbone:
         if self.eos_token_id == 2:  # legacy configs: EOT is the largest id
             return input_ids.to(torch.int).argmax(dim=-1)
         return (input_ids.to(torch.int) == self.eos_token_id).int().argmax(dim=-1)
+
+
+def attention_projections(
+    text_layers: int, vision_layers: int, projections=("q", "k", "v"), towers=("text", "vision")
+) -> list[str]:
+    """Full module names of the attention projections `projections` (of q, k, v, o) in every layer of `towers`
+    (CLIP-LoRA's targets: q/k/v of every layer of both towers). Full names, so peft matches exactly these."""
+    bad = sorted(set(projections) - set(ATTENTION_PROJECTIONS)) + sorted(set(towers) - {"text", "vision"})
+    if bad or not projections or not towers:
+        raise ValueError(f"attention projections must be among {sorted(ATTENTION_PROJECTIONS)} and towers among "
+                         f"['text', 'vision'] (neither empty), got {list(projections)} and {list(towers)}")  # fmt: skip
+    names = []
+    for tower in towers:
+        layers, path = (text_layers, ClipBackbone.text_attention) if tower == "text" else (
+            vision_layers, ClipBackbone.vision_attention)  # fmt: skip
+        names += [f"{path(i)}.{ATTENTION_PROJECTIONS[p]}" for i in range(layers) for p in projections]
+    return names
 
 
 # -- the text tower, for encoders that run it layer by layer (shared-prefix text encoding) --------------------------

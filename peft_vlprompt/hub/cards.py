@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from peft import PeftConfig, PeftModel
+from peft import LoraConfig, PeftConfig, PeftModel
 from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -60,6 +60,10 @@ _BORING_CONFIG_KEYS = {
 _SECRET_WORDS = ("token", "password", "secret", "api_key", "apikey")
 
 
+# peft_vlprompt's adapters, and peft's LoRA as CLIP-LoRA trains it (`--method clip_lora`)
+CARD_CONFIGS = (VLPromptConfig, LoraConfig)
+
+
 def adapter_config(model: PeftModel, adapter_name: str | None = None) -> tuple[str, VLPromptConfig]:
     """(adapter name, config) of the adapter a card describes (the active one by default)."""
     if not isinstance(model, PeftModel):
@@ -69,7 +73,7 @@ def adapter_config(model: PeftModel, adapter_name: str | None = None) -> tuple[s
         )
     name = adapter_name or model.active_adapter
     config = model.peft_config.get(name)
-    if not isinstance(config, VLPromptConfig):
+    if not isinstance(config, CARD_CONFIGS):
         raise TypeError(
             f"adapter {name!r} is a {type(config).__name__}, not a peft_vlprompt config; cards describe "
             "peft_vlprompt adapters only"
@@ -87,8 +91,9 @@ def adapter_facts(
         return config, sum(t.numel() for t in state.values()), len(state)
     folder = Path(model_or_folder)
     config = PeftConfig.from_pretrained(str(folder))
-    if not isinstance(config, VLPromptConfig):
-        raise TypeError(f"{str(folder)!r} holds a {type(config).__name__}; cards describe peft_vlprompt adapters only")
+    if not isinstance(config, CARD_CONFIGS):
+        raise TypeError(f"{str(folder)!r} holds a {type(config).__name__}; cards describe peft_vlprompt adapters "
+                        "(and CLIP-LoRA's LoraConfig) only")  # fmt: skip
     check_weights_file(folder / SAFETENSORS_WEIGHTS_NAME)  # a corrupt file fails naming itself
     with safe_open(folder / SAFETENSORS_WEIGHTS_NAME, framework="pt") as weights:
         shapes = [weights.get_slice(key).get_shape() for key in weights.keys()]

@@ -67,6 +67,12 @@ BIBTEX = {
   year      = {2025},
   note      = {arXiv:2501.00457}
 }""",
+    "clip_lora": """@inproceedings{zanella2024cliplora,
+  title     = {Low-Rank Few-Shot Adaptation of Vision-Language Models},
+  author    = {Zanella, Maxime and Ben Ayed, Ismail},
+  booktitle = {IEEE/CVF Conference on Computer Vision and Pattern Recognition Workshops (CVPRW)},
+  year      = {2024}
+}""",
 }
 
 
@@ -147,6 +153,15 @@ METHOD_CARDS: dict[str, MethodCard] = {
         "prompts, plus residual 'surgery' adapters on the projected features whose mixing ratios are updated "
         "once during training (Yang et al., arXiv 2403.06136).",
         ("restore", "maple"),
+    ),
+    "lora": MethodCard(
+        "CLIP-LoRA (low-rank adapters, template prompts)",
+        "generic",
+        "Low-rank adapters (LoRA) on the query, key and value projections of every attention layer of both towers, "
+        "trained with the cross-entropy of the hand-crafted template's logits (CLIP-LoRA, Zanella & Ben Ayed, "
+        "\"Low-Rank Few-Shot Adaptation of Vision-Language Models\", CVPR Workshops 2024). The text tower encodes "
+        "the template prompts, so any class names work; a plain peft LoRA adapter (`merge_and_unload()` works).",
+        ("clip_lora",),
     ),
     "deep_prompt:prefix": MethodCard(
         "Prefix deep prompts (DPL form)",

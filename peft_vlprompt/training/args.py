@@ -70,8 +70,8 @@ class TrainArguments:
     method: str | None = _f(
         None,
         "Method: coop, cocoop, prograd, kgcoop, ivlp, vpt, deep_language, maple, promptsrc, "
-        "restore, dpl, deep_prompt or zeroshot (evaluation only). Its preset sets the adapter and "
-        "the epochs/lr/batch size of the paper.",
+        "restore, dpl, deep_prompt, clip_lora (LoRA on q/k/v of both towers, AdamW, 500 x shots iterations) or "
+        "zeroshot (evaluation only). Its preset sets the adapter and the epochs/lr/batch size of the paper.",
         shown="the type of --config, else prograd",
     )
     config: str | None = _f(

@@ -22,12 +22,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..backbones import ClipBackbone
+from ..baselines.training import check_optimizer_args, cosine_lr, iteration_budget, make_optimizer, optimizer_record
 from ..classifier import PromptClassifier
 from ..data import make_transform
 from ..finite import check_training_step
 from ..optim import GaussianPromptAggregator, ProGrad
 from ..precision import cast_frozen, frozen_dtype
-from .args import TrainArguments, parse_args
+from .args import PRESET, TrainArguments, parse_args
 from .build import (
     check_dataset_names,
     config_from_dict,
@@ -123,11 +124,13 @@ def _expected_peft_type(spec: MethodSpec, adapter_dict: dict | None) -> str | No
     if adapter_dict is not None:
         return peft_type_name(adapter_dict["peft_type"])
     cls = spec.resolved_config_class()
-    return None if cls is None else cls.method_name
+    if cls is None:
+        return None
+    return getattr(cls, "method_name", None) or peft_type_name(cls().peft_type)  # peft's own configs (LoRA)
 
 
 def _optimizer_and_prograd(spec, config, preset, args, params):
-    optimizer = torch.optim.SGD(params, lr=args.warmup_lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    optimizer = make_optimizer(spec, preset, args, params)
     if not spec.uses_prograd:
         return optimizer, None
     lam = getattr(config, "lambda_", preset.adapter.get("lambda_", 1.0))
@@ -186,6 +189,7 @@ def _multi_process_without_gpu() -> bool:
 def train(args: TrainArguments) -> dict:
     """Run one experiment; returns the results also written to `<output_dir>/all_results.json`."""
     spec, adapter_dict = _resolve_method(args)
+    check_optimizer_args(spec, args)
     check_paths(args)
     _check_adapter_settings(spec, adapter_dict, args)
     _check_device_options(args)
@@ -213,9 +217,13 @@ def train(args: TrainArguments) -> dict:
         clean_stale_temps(args.output_dir)
     set_seed(args.seed)
     ctx0 = PresetContext(args.protocol, args.shots, args.dataset)
+    if args.template is None and get_preset(spec.name, ctx0).template is not None:  # CLIP-LoRA: one for all datasets
+        args.template = get_preset(spec.name, ctx0).template
+        args.sources["template"] = PRESET
     data = load_protocol_data(args, get_preset(spec.name, ctx0).template_table, needs_train=spec.trains)
     task = data.train
-    preset = get_preset(spec.name, PresetContext(args.protocol, args.shots, task.name, task.template))
+    preset = get_preset(spec.name, PresetContext(args.protocol, args.shots, task.name, task.template,
+                                                 None if task.train is None else len(task.train)))
     apply_preset(args, spec.name, preset, trains=spec.trains)
     if resume_dir is not None:
         check_resume_args(resume_dir, args)
@@ -249,7 +257,8 @@ def train(args: TrainArguments) -> dict:
         cast_frozen(model, frozen_dtype(args.dtype))
     classifier = PromptClassifier(model, tokenizer, task.classnames, template=task.template,
                                   image_processor=image_processor, class_chunk_size=args.class_chunk_size,
-                                  text_memory_budget=args.text_memory_budget_mb * 2**20)  # fmt: skip
+                                  text_memory_budget=args.text_memory_budget_mb * 2**20,
+                                  shared_prefix=not getattr(config, "lora_dropout", 0))  # fmt: skip
     vision_prompted = spec.trains and prompts_image_tower(model)
     conditioned = spec.trains and image_conditioned(model)
     objective = spec.make_objective(config, preset, args)
@@ -271,15 +280,16 @@ def train(args: TrainArguments) -> dict:
         module.to(accelerator.device)
         zero_shot = evaluator.run(zero_shot=True)
 
-    global_step = 0
+    global_step, record = 0, {}
     if spec.trains:
         global_step = _fit(args, spec, preset, config, model, classifier, module, objective, task, image_processor,
-                           accelerator, vision_prompted, cache, resume_dir)  # fmt: skip
+                           accelerator, vision_prompted, cache, resume_dir, record)  # fmt: skip
         save_adapter_atomically(model, results_dir, accelerator.is_main_process)
     trained = evaluator.run(zero_shot=False) if spec.trains else None
     results = assemble_results(
         args, spec, config, data, zero_shot, trained, global_step, time.time() - t0, accelerator.num_processes
     )
+    results["summary"].update(record)
     if accelerator.is_main_process:
         atomic_write_json(results_dir / "all_results.json", results["summary"])
         atomic_write_json(results_dir / "per_class_accuracy.json", results["per_class"])
@@ -295,7 +305,7 @@ def train(args: TrainArguments) -> dict:
 
 
 def _fit(args, spec, preset, config, model, classifier, module, objective, task, image_processor, accelerator,
-         vision_prompted, cache, resume_dir) -> int:  # fmt: skip
+         vision_prompted, cache, resume_dir, record) -> int:  # fmt: skip
     """The training epochs; returns the number of optimizer steps taken."""
     named_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named_params]
@@ -323,7 +333,9 @@ def _fit(args, spec, preset, config, model, classifier, module, objective, task,
 
     per_epoch = steps_per_epoch(len(train_loader), args.gradient_accumulation_steps)
     total = per_epoch * args.num_epochs
-    stop_at = min(total, args.max_train_steps or total)
+    budget = iteration_budget(spec, preset, args, total)  # None: Dassl's per-epoch schedule
+    record.update(optimizer_record(spec, preset, args, budget))
+    stop_at = min(total, args.max_train_steps or total, budget or total)
     if resume_dir is not None:
         checkpoints.load(resume_dir)
     start_epoch, done_in_epoch = divmod(state.global_step, per_epoch)
@@ -351,9 +363,10 @@ def _fit(args, spec, preset, config, model, classifier, module, objective, task,
         epoch_start = epoch * per_epoch
         for batch in loader:
             progress_in_epoch = (state.global_step - epoch_start) / per_epoch if args.lr_granularity == "step" else 0.0
-            set_lr(optimizer, dassl_lr(epoch, base_lr=args.lr, num_epochs=args.num_epochs,
-                                       warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr,
-                                       progress=min(progress_in_epoch, 0.999999)))  # fmt: skip
+            set_lr(optimizer, cosine_lr(state.global_step, base_lr=args.lr, total=budget,
+                                        eta_min=preset.extra["eta_min"]) if budget else
+                   dassl_lr(epoch, base_lr=args.lr, num_epochs=args.num_epochs, warmup_epochs=args.warmup_epochs,
+                            warmup_lr=args.warmup_lr, progress=min(progress_in_epoch, 0.999999)))  # fmt: skip
             with accelerator.accumulate(module):
                 out = module(**batch)
                 terms = out["terms"]

@@ -56,6 +56,8 @@ class MethodSpec:
             must give it, checked before anything is loaded.
         check_config: `(config or config dict) -> reason or None`: why an adapter accepted by peft type is still
             not this method (e.g. `--method maple` with uncoupled prompts); None when it is.
+        optimizer: "sgd" (the Dassl recipe: SGD, warm-up epoch, per-epoch cosine) or "adamw" (CLIP-LoRA: AdamW and a
+            per-iteration cosine to the preset's `eta_min` over its `iterations`).
     """
 
     name: str
@@ -68,6 +70,7 @@ class MethodSpec:
     needs_config: bool = False
     kwargs_config: bool = False
     check_config: Callable[[Any], str | None] | None = None
+    optimizer: str = "sgd"
 
     def resolved_config_class(self):
         for path in (self.config_class, self.fallback_config_class):
@@ -286,6 +289,13 @@ METHODS: dict[str, MethodSpec] = {
             _restore_config,
             _restore_objective,
             accepts_peft_types=("restore",),
+        ),
+        MethodSpec(
+            "clip_lora",
+            "peft:LoraConfig",
+            _sized_preset("peft_vlprompt.baselines.clip_lora:clip_lora_config"),
+            accepts_peft_types=("lora",),
+            optimizer="adamw",
         ),
         MethodSpec(
             "dpl",

@@ -30,6 +30,7 @@ class PresetContext:
     shots: int
     dataset: str
     template: str = "a photo of a {}."
+    train_size: int | None = None  # training images (CLIP-LoRA's iteration budget -> epochs); None before loading
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Preset:
             "kgcoop").
         extra: method-level settings that are not adapter fields (e.g. GPA mean/std, loss weights).
         source: where the numbers come from.
+        template: a format string the method uses for every dataset (CLIP-LoRA), else None (the table's).
     """
 
     num_epochs: int
@@ -52,6 +54,7 @@ class Preset:
     template_table: str = "coop"
     extra: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    template: str | None = None
 
 
 def coop_epochs(shots: int, dataset: str) -> int:
@@ -153,6 +156,21 @@ def _deep_prompt(ctx: PresetContext) -> Preset:
     return Preset(5, 0.0035, 4, {}, source="IVLP schedule; the adapter comes from --config / --adapter_kwargs")
 
 
+def _clip_lora(ctx: PresetContext) -> Preset:
+    """AdamW + per-iteration cosine for 500 x shots iterations (the loop stops there); the epochs cover them at batch
+    32 on one process, dropping the last incomplete batch as the loop does."""
+    from ..baselines.clip_lora import CLIP_LORA_RECIPE as R
+
+    iterations = R["iterations_per_shot"] * ctx.shots if ctx.shots > 0 else None
+    epochs = 1
+    if iterations is not None and ctx.train_size:
+        epochs = -(-iterations // max(1, ctx.train_size // R["batch_size"]))
+    extra = {"optimizer": "adamw", "weight_decay": R["weight_decay"], "betas": R["betas"], "eta_min": R["eta_min"],
+             "iterations": iterations}  # fmt: skip
+    return Preset(epochs, R["lr"], R["batch_size"], {}, extra=extra, template=R["template"],
+                  source="CLIP-LoRA run_utils.py defaults (Zanella & Ben Ayed, CVPRW 2024)")  # fmt: skip
+
+
 def _zeroshot(ctx: PresetContext) -> Preset:
     return Preset(0, 0.0, 1, {}, source="zero-shot CLIP with CoOp's CUSTOM_TEMPLATES (zsclip.py)")
 
@@ -171,6 +189,7 @@ PRESETS = {
     "dpl": _dpl,
     "deep_prompt": _deep_prompt,
     "zeroshot": _zeroshot,
+    "clip_lora": _clip_lora,
 }
 
 
