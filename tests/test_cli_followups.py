@@ -243,13 +243,14 @@ def test_dpl_search_paths_and_combinations_fail_before_anything_is_loaded(tmp_pa
         (["--data_dir", str(tmp_path / "no_data")], r"`data_dir` folder .*no_data does not exist"),
         (["--dataset", "toy_objectz"], r"Unknown dataset 'toy_objectz'"),
         (["--template", "a photo"], r"`template` must contain '\{\}'"),
-        (["--resume_from_checkpoint", "latest"], r"'latest' but .*search has no checkpoint-<step> folder"),
+        (["--resume_from_checkpoint", "latest"], r"'latest' but `output_dir` .*search has no complete checkpoint"),
         (["--resume_from_checkpoint", str(tmp_path / "ck")], r"`resume_from_checkpoint` folder .*ck does not exist"),
     ]
     for extra, match in cases:
         with pytest.raises(ValueError, match=match):
             run.main(_search_args(tmp_path, *extra))
-    (tmp_path / "search" / "checkpoint-4").mkdir(parents=True)
+    earlier = tmp_path / "search" / "checkpoints" / "checkpoint_3"  # whatever the checkpoint format, `latest` finds it
+    monkeypatch.setattr(run, "latest_checkpoint", lambda out: earlier if Path(out) == tmp_path / "search" else None)
     with pytest.raises(
         ValueError, match=r"holds the checkpoints of an earlier search .*--resume_from_checkpoint latest"
     ):

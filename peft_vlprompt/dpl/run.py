@@ -27,7 +27,7 @@ from ..classifier import PromptClassifier
 from ..tuners.deep_prompt.config import TEXT_INPUTS
 from ..tuners.dpl import DPLSearchConfig
 from .export import save_search_result
-from .search import CHECKPOINT_PREFIX, DPLSearch, DPLSearchArguments, latest_checkpoint
+from .search import DPLSearch, DPLSearchArguments, latest_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,8 @@ def check_args(run_args: DPLRunArguments, search_args: DPLSearchArguments) -> DP
         raise ValueError(f"`template` must contain '{{}}' for the class name, got {run_args.template!r}")
     resume, out = run_args.resume_from_checkpoint, Path(run_args.output_dir)
     if resume == "latest" and latest_checkpoint(out) is None:
-        raise ValueError(f"`resume_from_checkpoint`='latest' but {out} has no {CHECKPOINT_PREFIX}<step> folder")
+        raise ValueError(f"`resume_from_checkpoint`='latest' but `output_dir` {out} has no complete checkpoint of "
+                         "a search to resume: drop --resume_from_checkpoint to start one")  # fmt: skip
     if resume not in (None, "latest") and not Path(resume).is_dir():
         raise ValueError(f"`resume_from_checkpoint` folder {resume} does not exist")
     if resume is None and latest_checkpoint(out) is not None:
