@@ -286,3 +286,25 @@ def test_examples_end_refused_runs_with_status_2_and_one_line(model_dir, tmp_pat
         assert done.returncode == 2, (script, argv, done.stderr[-2000:])
         assert "Traceback" not in done.stderr and len(lines) == 1 and message in lines[0], done.stderr[-2000:]
     assert not (tmp_path / "out").exists() and not (tmp_path / "s").exists()
+
+
+def test_deep_prompt_init_phrase_yields_to_a_longer_user_context(model_dir, tmp_path, caplog):
+    """Released MaPLe/IVLP initialise from "a photo of a" only while `n_ctx <= 4`, else randomly: a user's longer
+    text context is trained (random init, logged), a shorter one keeps the phrase."""
+    from peft_vlprompt.training.method_checks import _settings
+
+    maple = get_preset("maple", PresetContext("few_shot", 16, "dtd"))
+    assert _settings("maple", maple, {"n_ctx": 6})["ctx_init"] is None
+    assert _settings("maple", maple, {"n_ctx": 4})["ctx_init"] == "a photo of a"
+    assert _settings("maple", maple, {"n_ctx": 6, "ctx_init": "a b c"})["ctx_init"] == "a b c"  # the user's: kept
+    ivlp = get_preset("ivlp", PresetContext("few_shot", 16, "dtd"))
+    assert _settings("ivlp", ivlp, {"n_ctx_text": 5})["ctx_init"] is None
+    assert _settings("ivlp", ivlp, {"n_ctx_vision": 8})["ctx_init"] == "a photo of a"
+    restore = get_preset("restore", PresetContext("few_shot", 16, "dtd"))
+    assert _settings("restore", restore, {"n_ctx": 6})["ctx_init"] is None  # the config default's phrase yields too
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="peft_vlprompt.training.method_checks"):
+        main(base_args(model_dir, out, "maple", *QUICK, "--adapter_kwargs", '{"n_ctx": 6, "depth": 2}'))
+    config, _ = _saved(out)
+    assert config["ctx_init"] is None and config["text_lengths"] == [6, 6]
+    assert any("ctx_init 'a photo of a' (4 words) dropped" in r.getMessage() for r in caplog.records)

@@ -3,6 +3,7 @@ needs and the adapter type it accepts, that the config is this method's (`--meth
 prompts), and `--adapter_kwargs` built once without a model. Run before anything is loaded."""
 
 import inspect
+import logging
 
 from .._validation import check_known_keys
 from .methods import (
@@ -17,6 +18,8 @@ from .methods import (
     method_for_peft_type,
 )
 from .presets import Preset, adapter_settings
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_method(args, adapter_dict: dict | None) -> MethodSpec:
@@ -103,7 +106,7 @@ def check_adapter_settings(spec: MethodSpec, adapter_dict: dict | None, args, pr
         raise ValueError(f"`adapter_kwargs` sets {fixed}, which the {spec.name} preset computes from its lengths and "
                          "depth: set those instead, or train the lengths as given with --method deep_prompt")  # fmt: skip
     check_known_keys(overrides, allowed, f"`adapter_kwargs` for method {spec.name!r}")
-    settings = adapter_settings(spec.name, preset, overrides, log=False)
+    settings = _settings(spec.name, preset, overrides, log=False)
     path = getattr(spec.build_config, "function_path", None)
     try:
         if path is not None:
@@ -129,7 +132,32 @@ def user_adapter_settings(spec: MethodSpec, preset: Preset, args) -> dict:
     """The settings a preset-built adapter is made from (the preset's, with the user's `--adapter_kwargs` over them
     by field group, see `presets.adapter_settings`), logging what the preset would have set where it yields."""
     source = args.sources.get("adapter_kwargs", "Python") if hasattr(args, "sources") else "Python"
-    return adapter_settings(spec.name, preset, args.adapter_overrides(), f"--adapter_kwargs ({source})")
+    return _settings(spec.name, preset, args.adapter_overrides(), f"--adapter_kwargs ({source})")
+
+
+# Deep prompts: the released MaPLe/IVLP code initialises the text context from CTX_INIT only while it fits
+# (`if ctx_init and n_ctx <= 4`, the 4 words = 4 tokens of "a photo of a"), else randomly. So the init phrase of the
+# preset (or of RESTORE's config default) yields to a user's longer text context instead of refusing it.
+_DEEP_TEXT_LENGTH = {"ivlp": "n_ctx_text", "deep_language": "n_ctx_text", "maple": "n_ctx", "restore": "n_ctx"}
+_CONFIG_DEFAULT_INIT = {"restore": "a photo of a"}  # RestoreAdapterConfig.ctx_init
+
+
+def _settings(method: str, preset: Preset, overrides: dict, user_source: str = "--adapter_kwargs",
+              log: bool = True) -> dict:  # fmt: skip
+    """`presets.adapter_settings`, plus the deep-prompt rule above."""
+    settings = adapter_settings(method, preset, overrides, user_source, log)
+    key = _DEEP_TEXT_LENGTH.get(method)
+    length = overrides.get(key) if key is not None else None
+    phrase = settings.get("ctx_init", _CONFIG_DEFAULT_INIT.get(method))
+    if "ctx_init" in overrides or not isinstance(length, int) or not isinstance(phrase, str):
+        return settings
+    if length > len(phrase.split()):
+        settings["ctx_init"] = None
+        if log:
+            logger.info("%s: the preset's ctx_init %r (%d words) dropped: %s sets `%s`=%d, longer than it (the "
+                        "released code then initialises randomly)", method, phrase, len(phrase.split()), user_source,
+                        key, length)  # fmt: skip
+    return settings
 
 
 # the tower(s) whose layers a method's `depth` counts (`vision_depth` always counts the vision tower's); MaPLe and
