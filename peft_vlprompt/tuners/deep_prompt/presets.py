@@ -10,7 +10,9 @@ Sources (`muzairkhattak/multimodal-prompt-learning@69bce21`, `muzairkhattak/Prom
 - PromptSRC: `configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml`: IVLP 4 + 4, depth 9.
 
 "depth d" means prompts at the input and at layers 1..d-1. A depth deeper than the model's tower is clipped to the
-tower's layer count (logged as a warning), so the presets also build small test models.
+tower's layer count (logged as a warning), so the presets' paper depths also build small test models. The training
+loop clips only a preset's depth: a depth the user gave deeper than the model is refused there
+(`peft_vlprompt.training.method_checks.check_user_depths`).
 """
 
 import logging
