@@ -201,20 +201,26 @@ class Runner:
         return functools.partial(self.package, cached=cached, shared=name.startswith("shared"))
 
 
-def measure(fn, steps: int, device) -> tuple[float, float | None]:
-    fn()  # warm-up (allocator, lazy init)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
+def measure_paths(steps_by_path: dict, steps: int, device) -> dict:
+    """{path: (median seconds per step, peak GPU MiB or None)}. After one warm-up step each, the paths' timed steps
+    are interleaved round by round, so a change of machine load during the run affects every path alike."""
+    cuda = device.type == "cuda"
+    for step in steps_by_path.values():
+        step()  # warm-up (allocator, lazy init)
+    times = {name: [] for name in steps_by_path}
+    peaks = dict.fromkeys(steps_by_path)
     for _ in range(steps):
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-    return statistics.median(times), peak
+        for name, step in steps_by_path.items():
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t = time.perf_counter()
+            step()
+            if cuda:
+                torch.cuda.synchronize()
+                peaks[name] = max(peaks[name] or 0.0, torch.cuda.max_memory_allocated() / 2**20)
+            times[name].append(time.perf_counter() - t)
+    return {name: (statistics.median(times[name]), peaks[name]) for name in steps_by_path}
 
 
 def parse_args(argv):
@@ -223,7 +229,12 @@ def parse_args(argv):
     parser.add_argument("--paths", default=",".join(PATHS), help=f"Comma-separated subset of {PATHS}.")
     parser.add_argument("--batch", type=int, default=8, help="Images per step.")
     parser.add_argument("--classes", type=int, default=100, help="Number of classes (text prompts per step).")
-    parser.add_argument("--steps", type=int, default=1, help="Timed steps per configuration (after 1 warm-up).")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=1,
+        help="Timed steps per path (after 1 warm-up), interleaved across the paths; the median counts.",
+    )
     parser.add_argument("--chunk", type=int, default=256, help="Classes per text-encoder call (package path).")
     parser.add_argument("--text_width", type=int, default=512, help="Text tower width (ViT-B/16: 512).")
     parser.add_argument("--text_layers", type=int, default=12, help="Text tower layers (ViT-B/16: 12).")
@@ -260,13 +271,11 @@ def run_methods(args, tokenizer, names, device, dtype=torch.float32, clip=None) 
         except Exception as e:  # report and go on: one broken adapter should not hide the others' numbers
             print(f"  {method}: could not build the adapter: {type(e).__name__}: {e}", flush=True)
             continue
-        row = {}
-        for name in paths:
-            step = runner.path(name)
-            if step is None or (name == "straightforward" and method == "cocoop" and not args.cocoop_straightforward):
-                continue
-            row[name] = measure(step, args.steps, device)
-            print(f"  {method}: {name} {row[name][0]:.3f}s", flush=True)
+        steps = {name: runner.path(name) for name in paths}
+        if method == "cocoop" and not args.cocoop_straightforward:
+            steps.pop("straightforward", None)
+        row = measure_paths({name: step for name, step in steps.items() if step is not None}, args.steps, device)
+        print(f"  {method}: " + ", ".join(f"{name} {t:.3f}s" for name, (t, _) in row.items()), flush=True)
         longest = runner.clf.tokenize(runner.clf.prompts(runner.clf.prompt_config()), runner.clf.prompt_config())
         row["tokens"] = (longest.shape[1], 77)
         results[method] = row
