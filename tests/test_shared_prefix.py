@@ -61,10 +61,10 @@ def build(case: str, attn: str, seed: int = 0):
     return model
 
 
-def step(model, classes, shared: bool, compile_: bool = False):
+def step(model, classes, shared: bool, compile_: bool = False, chunk: int = 256):
     """(logits, {name: grad}) of one step through the classifier."""
     model.zero_grad(set_to_none=True)
-    clf = PromptClassifier(model, tokenizer(), classes, shared_prefix=shared).train()
+    clf = PromptClassifier(model, tokenizer(), classes, shared_prefix=shared, class_chunk_size=chunk).train()
     forward = torch.compile(clf, backend="aot_eager") if compile_ else clf
     pix = pixels(3, seed=2)
     logits = forward(pix)
@@ -131,6 +131,13 @@ def test_gradient_checkpointing_on_the_shared_path():
     full = step(model, CLASSES, shared=False)
     model.base_model.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     assert_same(step(model, CLASSES, shared=True), full)
+
+
+@pytest.mark.parametrize("case", ["coop_end", "cocoop"])
+def test_chunked_calls_each_encode_their_own_prefix(case):
+    # 2 rows per text-tower call: every call (for CoCoOp, every image within it) recomputes its prefix
+    model = build(case, "sdpa", seed=4)
+    assert_same(step(model, CLASSES, shared=True, chunk=2), step(model, CLASSES, shared=False))
 
 
 @pytest.mark.slow
