@@ -130,10 +130,27 @@ def test_checkpoints_total_limit_help_says_deletion_follows_a_complete_checkpoin
         ("restore", {"depth": 4}, "depth", "text"),
     ],
 )
-def test_user_depth_deeper_than_the_model_is_an_error(model_dir, tmp_path, method, kwargs, field, tower):
+def test_user_depth_deeper_than_the_model_is_an_error(model_dir, tmp_path, caplog, method, kwargs, field, tower):
     value = kwargs[field]
-    with pytest.raises(ValueError, match=rf"`{field}`={value} .* deeper than the model's {tower} tower, which has 2 "):
-        main(base_args(model_dir, tmp_path / "out", method, *QUICK, "--adapter_kwargs", json.dumps(kwargs)))
+    with caplog.at_level(logging.WARNING, logger="peft_vlprompt.tuners.deep_prompt.presets"):
+        with pytest.raises(
+            ValueError, match=rf"`{field}`={value} .* deeper than the model's {tower} tower, which has 2 "
+        ):
+            main(base_args(model_dir, tmp_path / "out", method, *QUICK, "--adapter_kwargs", json.dumps(kwargs)))
+    assert not [r for r in caplog.records if f"`{field}`={value} is deeper" in r.getMessage()]  # never clipped
+
+
+def test_the_early_check_never_clips_a_user_depth(caplog):
+    """The check before loading sizes to 12 layers, or deeper for a deeper user depth (a ViT-L vision tower has 24)."""
+    from types import SimpleNamespace
+
+    from peft_vlprompt.training.method_checks import check_adapter_settings
+    from peft_vlprompt.training.methods import get_method
+
+    args = SimpleNamespace(adapter_overrides=lambda: {"depth": 20}, dataset="dtd", sources={})
+    with caplog.at_level(logging.WARNING):
+        check_adapter_settings(get_method("vpt"), None, args, get_preset("vpt", PresetContext("few_shot", 16, "dtd")))
+    assert "deeper than the model" not in caplog.text
 
 
 def test_preset_depth_is_clipped_to_a_shallow_model_and_logged(model_dir, tmp_path, caplog):

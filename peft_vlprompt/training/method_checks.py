@@ -81,17 +81,24 @@ def allowed_adapter_settings(spec: MethodSpec, preset: Preset) -> tuple[set[str]
     return (fields - computed) | params | set(preset.adapter), computed
 
 
-class _TwelveLayers(tuple):
-    """A 12-layer (text, vision) stand-in for the backbone: what the preset functions and RESTORE's size from."""
+class _Layers(tuple):
+    """A `(text, vision)` layer-count stand-in for the backbone: what the preset functions and RESTORE's size from."""
 
-    text_layers = vision_layers = 12
+    @property
+    def text_layers(self) -> int:
+        return self[0]
+
+    @property
+    def vision_layers(self) -> int:
+        return self[1]
 
 
 def check_adapter_settings(spec: MethodSpec, adapter_dict: dict | None, args, preset: Preset) -> None:
     """Build the adapter config once without a model, so a bad field of the `--config` file or of `--adapter_kwargs`
     (unknown, wrong type, out of range, or not this method) fails before any data or model is loaded.
 
-    Preset-built configs are sized for a 12-layer CLIP here (the real build sizes them to the loaded backbone)."""
+    Preset-built configs are sized for a 12-layer CLIP here, or deeper for a deeper user depth (the real build sizes
+    them to the loaded backbone, where `check_user_depths` refuses a user depth deeper than it)."""
     from .build import config_from_dict
 
     overrides = args.adapter_overrides()
@@ -108,13 +115,16 @@ def check_adapter_settings(spec: MethodSpec, adapter_dict: dict | None, args, pr
     check_known_keys(overrides, allowed, f"`adapter_kwargs` for method {spec.name!r}")
     settings = _settings(spec.name, preset, overrides, log=False)
     path = getattr(spec.build_config, "function_path", None)
+    # 12 layers, or as deep as the user's depth: this check never clips a user value (the loaded model may be deeper)
+    depths = [v for k, v in overrides.items() if k in ("depth", "vision_depth") and isinstance(v, int)]
+    layers = _Layers((max([12, *depths]),) * 2)
     try:
         if path is not None:
-            config = _import(path)(12, **settings)
+            config = _import(path)(layers, **settings)
         elif spec.kwargs_config:  # deep_prompt: the lengths themselves come from --adapter_kwargs
             config = spec.resolved_config_class()(**settings)
-        elif spec.build_config is _restore_config:  # the released per-dataset ratios, sized for 12 layers
-            ctx = BuildContext(_TwelveLayers((12, 12)), "a photo of a {}.", 2, args.dataset)
+        elif spec.build_config is _restore_config:  # the released per-dataset ratios
+            ctx = BuildContext(layers, "a photo of a {}.", 2, args.dataset)
             config = _restore_config(spec.resolved_config_class(), settings, ctx)
         elif spec.build_config is _coop_family:
             ctx = BuildContext(None, "a photo of a {}.", 2, args.dataset)  # the teacher template does not matter here
