@@ -68,7 +68,7 @@ def test_single_dataset_is_test_only_and_errors():
     with pytest.raises(ValueError, match=re.escape("`image_column` 'image' not in split 'test'; columns: ['picture', 'target'].")):  # fmt: skip
         raw_splits_from_hf(test, label_column="target")
     plain = Dataset.from_dict({"image": [PILImage.new("RGB", (8, 8))], "label": [0]}, Features({"image": Image(), "label": Value("int64")}))  # fmt: skip
-    with pytest.raises(ValueError, match=re.escape("Label column 'label' is not a ClassLabel; pass `classnames` to name its labels.")):  # fmt: skip
+    with pytest.raises(ValueError, match=re.escape("Label column 'label' is not a ClassLabel (it is Value('int64')), so the dataset does not name its classes: pass `classnames` in label order (on the command line: --class_names_file")):  # fmt: skip
         raw_splits_from_hf(plain)
     assert raw_splits_from_hf(plain, classnames=["only"]).classnames == ["only"]
     with pytest.raises(ValueError, match=re.escape("`test_split` 'test' not found; available splits: ['train'].")):

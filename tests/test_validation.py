@@ -104,6 +104,9 @@ TRAIN_OUT_OF_RANGE = {
     "torch_threads": 0,
     "kd_weight": -1.0,
     "kd_temperature": 0.0,
+    "prograd_lambda": -0.5,
+    "kgcoop_weight": 0.0,
+    "select_on": "best",
     "num_views": 0,
     "class_chunk_size": 0,
     "text_memory_budget_mb": 0,
@@ -117,6 +120,10 @@ TRAIN_NO_RANGE = {  # names and paths are checked against the registry / the dis
     "method", "config", "dataset", "data_dir", "template", "eval_datasets", "model", "cpu", "cache_image_features",
     "eval_zero_shot", "output_dir", "resume_from_checkpoint", "with_tracking", "report_to", "push_to_hub",
     "hub_model_id", "hub_private", "verify_images", "gradient_checkpointing", "torch_compile",
+    # a custom dataset's source, columns and class names are checked on disk / when loading (test_cli_datasets.py);
+    # streaming is refused whatever its value; the tracker project is any name
+    "dataset_name", "dataset_config_name", "train_dir", "validation_dir", "image_column", "label_column",
+    "class_names_file", "streaming", "tracker_project_name",
 }  # fmt: skip
 
 

@@ -14,6 +14,7 @@ override them. Standard library only (no torch): the example parses and validate
 import argparse
 import json
 import logging
+import os
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 
@@ -26,6 +27,7 @@ PROTOCOLS = ("few_shot", "base2new", "cross_dataset", "domain_generalization")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DTYPES = ("float32", "bfloat16", "float16")  # peft_vlprompt.precision.FROZEN_DTYPES (kept free of torch here)
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+SELECT_ON = ("last", "validation")
 COMMAND_LINE, CONFIG_FILE, DEFAULT_RUN_SOURCE, PRESET = "command line", "config file", "default run", "preset"
 
 # The embedded default run (no command-line arguments): ProGrad-CoOp on the toy world's base-to-new task with the
@@ -49,7 +51,24 @@ DEFAULT_RUN: dict[str, str | int | float] = {
     "torch_threads": 1,  # the toy CLIP's matrices are tiny: more threads only add synchronisation
 }
 # Flags that choose an experiment of their own (when their value differs from the default run's)
-EXPERIMENT_FLAGS = ("method", "dataset", "config")
+EXPERIMENT_FLAGS = ("method", "dataset", "config", "dataset_name", "train_dir")
+# transformers' names of our flags (`run_*_no_trainer.py`, `TrainingArguments`): accepted on the command line and in
+# --config files; giving both names with different values is an error
+ALIASES = {
+    "model_name_or_path": "model",
+    "learning_rate": "lr",
+    "num_train_epochs": "num_epochs",
+    "per_device_train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "image_column_name": "image_column",
+    "label_column_name": "label_column",
+}
+# accelerate 1.15's trackers (`accelerate.tracking.LOGGER_TYPE_TO_CLASS`) and "all" (every installed one)
+TRACKERS = ("all", "tensorboard", "wandb", "trackio", "aim", "comet_ml", "mlflow", "clearml", "dvclive", "swanlab")
+# what each tracker needs installed (the import name of its package)
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "aim": "aim",
+                    "comet_ml": "comet_ml", "mlflow": "mlflow", "clearml": "clearml", "dvclive": "dvclive",
+                    "swanlab": "swanlab"}  # fmt: skip
 
 
 def _f(default=None, help: str = "", shown: str | None = None, **rules):
@@ -78,7 +97,8 @@ class TrainArguments:
         None,
         "JSON adapter config replacing the preset's adapter (a peft `adapter_config.json`, a "
         "folder holding one, or DPL's exported `found.json`). A JSON object with an "
-        "`adapter_config` key may also set training arguments next to it; command-line flags win.",
+        "`adapter_config` key may also set training arguments next to it; an object of training arguments only "
+        "sets those (`examples/train.py args.json` reads such a file as --config). Command-line flags win.",
     )
     adapter_kwargs: str | None = _f(
         None,
@@ -92,6 +112,41 @@ class TrainArguments:
     )
     data_dir: str | None = _f(
         None, "Root folder holding the dataset folders (CoOp's DATASET.ROOT).", shown="none (toy datasets need none)"
+    )
+    # any `datasets` source instead of a registered dataset (as transformers' run_image_classification_no_trainer.py)
+    dataset_name: str | None = _f(
+        None,
+        "A `datasets` dataset instead of a registered one: a Hub id (load_dataset), a folder saved with "
+        "`save_to_disk`, or an imagefolder folder (train/, test/ or validation/, one sub-folder per class). The "
+        "protocols (few-shot sampling, base-to-new) apply as to the registered datasets; --dataset may name it in "
+        "the results. Evaluates on its 'test' split, else on 'validation'.",
+        shown="a registered --dataset",
+    )
+    dataset_config_name: str | None = _f(
+        None, "Configuration of the Hub dataset --dataset_name (its load_dataset name)."
+    )
+    train_dir: str | None = _f(
+        None,
+        "An imagefolder of training images (one sub-folder per class), instead of --dataset/--dataset_name.",
+        shown="a registered --dataset",
+    )
+    validation_dir: str | None = _f(
+        None, "The imagefolder the --train_dir run evaluates on (one sub-folder per class, same class names)."
+    )
+    image_column: str = _f("image", "Image column of --dataset_name (images or file paths).")
+    label_column: str = _f(
+        "label", "Label column of --dataset_name: a ClassLabel, or integers named by --class_names_file."
+    )
+    class_names_file: str | None = _f(
+        None,
+        "Class names of a --dataset_name/--train_dir dataset in label order: a text file with one name per line, or "
+        "a JSON list. Required when the label column is no ClassLabel; with one, it gives the order of its names.",
+        shown="the label column's ClassLabel names",
+    )
+    streaming: bool = _f(
+        False,
+        "Not supported (refused): few-shot sampling and the base/new split read every label of a split first, which "
+        "a streamed dataset cannot give.",
     )
     template: str | None = _f(
         None,
@@ -191,6 +246,30 @@ class TrainArguments:
         min=0,
     )
     kd_temperature: float = _f(1.0, "Temperature of that distillation term.", gt=0)
+    prograd_lambda: float | None = _f(
+        None,
+        "ProGrad's gradient projection on any adapter's trainable tensors (e.g. --method clip_lora), with this "
+        "lambda: per tensor, the task gradient's component that conflicts with the general direction (the gradient "
+        "of the soft cross-entropy to zero-shot CLIP's logits, computed by the frozen model with the adapter "
+        "disabled) is projected out. The prograd method sets its own (adapter `lambda_`).",
+        shown="off",
+        min=0,
+    )
+    kgcoop_weight: float | None = _f(
+        None,
+        "KgCoOp's term on any adapter: weight x (1 - mean cosine) between the adapted model's text features of the "
+        "template prompts and the frozen model's (the hand-crafted features). With LoRA both towers change; the term "
+        "constrains the text side only. The kgcoop method sets its own (adapter `kg_weight`).",
+        shown="off",
+        gt=0,
+    )
+    select_on: str = _f(
+        "last",
+        "Which epoch's adapter is kept and tested: 'last' (the papers') or 'validation' (the epoch with the best "
+        "accuracy on the dataset's validation split, training classes only; never the test split). The results "
+        "record the choice.",
+        choices=SELECT_ON,
+    )
     # -- doing less work -------------------------------------------------------------------------------------------
     cache_image_features: bool = _f(
         False,
@@ -230,7 +309,11 @@ class TrainArguments:
         shown="no checkpoints",
     )
     checkpoints_total_limit: int | None = _f(
-        None, "Keep only the newest N checkpoints (older ones are deleted).", shown="keep all", min=1
+        None,
+        "Keep only the newest N checkpoints: older ones are deleted only after the new one is complete, so a crash "
+        "never leaves fewer than one complete checkpoint.",
+        shown="keep all",
+        min=1,
     )
     resume_from_checkpoint: str | None = _f(
         None,
@@ -240,7 +323,15 @@ class TrainArguments:
     )
     # -- tracking, Hub ---------------------------------------------------------------------------------------------
     with_tracking: bool = _f(False, "Log metrics to the installed trackers.")
-    report_to: str = _f("all", "Tracker(s) for --with_tracking: 'all', or e.g. 'tensorboard', 'wandb'.")
+    report_to: str = _f(
+        "all",
+        "Tracker(s) for --with_tracking, comma-separated: 'all' (every installed one), tensorboard, wandb, trackio, "
+        "aim, comet_ml, mlflow, clearml, dvclive or swanlab. Training losses and every evaluation's accuracies "
+        "(zero-shot, trained; base/new/HM or per target dataset) are logged.",
+    )
+    tracker_project_name: str = _f(
+        "peft_vlprompt", "Project (run) name given to the trackers; tensorboard writes <output_dir>/<this name>/."
+    )
     logging_steps: int = _f(10, "Log the loss terms every N optimizer steps.", min=1)
     push_to_hub: bool = _f(False, "Upload the trained adapter and its model card.")
     hub_model_id: str | None = _f(None, "Hub repository for --push_to_hub (user/name).")
@@ -272,6 +363,8 @@ class TrainArguments:
             )
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("`hub_model_id` is required with `push_to_hub` (e.g. --hub_model_id user/coop-dtd)")
+        self._check_dataset_source()
+        self._check_report_to()
         self._check_nothing_ignored()
         if self.adapter_kwargs is not None:
             try:
@@ -280,6 +373,51 @@ class TrainArguments:
                 raise ValueError(f"`adapter_kwargs` must be a JSON object, got {self.adapter_kwargs!r} ({e})") from e
             if not isinstance(parsed, dict):
                 raise ValueError(f"`adapter_kwargs` must be a JSON object, got {self.adapter_kwargs!r}")
+
+    @property
+    def custom_dataset(self) -> bool:
+        """The data come from --dataset_name or --train_dir (not from a registered dataset)."""
+        return self.dataset_name is not None or self.train_dir is not None
+
+    def _check_dataset_source(self) -> None:
+        """One data source; a custom one is recorded under --dataset, by default a name derived from its source."""
+        if self.streaming:
+            raise ValueError("`streaming`=True cannot be honoured: few-shot sampling and the base/new class split read "
+                             "every label of a split before choosing images, which a streamed (iterable) dataset "
+                             "cannot give; drop --streaming (datasets downloads and caches the dataset)")  # fmt: skip
+        if self.dataset_name is not None and self.train_dir is not None:
+            raise ValueError(f"give one data source: `dataset_name`={self.dataset_name!r} or `train_dir`="
+                             f"{self.train_dir!r}")  # fmt: skip
+        for name in ("dataset_name", "train_dir", "validation_dir", "class_names_file", "image_column",
+                     "label_column", "dataset_config_name"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise ValueError(f"`{name}` must not be empty, got {value!r}")
+        if self.custom_dataset and self.dataset == _default_of(TrainArguments.__dataclass_fields__["dataset"]):
+            self.dataset = self.source_dataset_name()
+
+    def source_dataset_name(self) -> str:
+        """The name a --dataset_name/--train_dir dataset is recorded under when --dataset does not name it: the Hub
+        id (with its configuration), or the folder's name (the parent's for a folder named train)."""
+        if self.dataset_name is not None and not os.path.isdir(os.path.expanduser(self.dataset_name)):
+            name = self.dataset_name + (f"-{self.dataset_config_name}" if self.dataset_config_name else "")
+        else:
+            path = os.path.normpath(os.path.abspath(os.path.expanduser(self.dataset_name or self.train_dir)))
+            name = os.path.basename(path)
+            if self.train_dir is not None and name.lower() == "train":
+                name = os.path.basename(os.path.dirname(path))
+        return name.lower()
+
+    def _check_report_to(self) -> None:
+        names = [n.strip() for n in self.report_to.split(",")]
+        bad = [n for n in names if n not in TRACKERS]
+        if bad or not names:
+            raise ValueError(f"`report_to` must be 'all' or comma-separated trackers of {TRACKERS[1:]}, got "
+                             f"{self.report_to!r}")  # fmt: skip
+
+    def trackers(self) -> list[str]:
+        """`report_to` as accelerate's `log_with`."""
+        return [n.strip() for n in self.report_to.split(",")]
 
     def _check_nothing_ignored(self) -> None:
         """A value that would have no effect in this run is an error, not silently ignored."""
@@ -293,6 +431,19 @@ class TrainArguments:
             ("checkpoints_total_limit", self.checkpoints_total_limit is not None, self.checkpointing_steps is None,
              "no checkpoints are saved without --checkpointing_steps"),
             ("report_to", self.report_to != "all", not self.with_tracking, "it needs --with_tracking"),
+            ("tracker_project_name", self.tracker_project_name != "peft_vlprompt", not self.with_tracking,
+             "it needs --with_tracking"),
+            ("data_dir", self.data_dir is not None, self.custom_dataset,
+             "--dataset_name/--train_dir name the data themselves"),
+            ("dataset_config_name", self.dataset_config_name is not None, self.dataset_name is None,
+             "it is the configuration of a --dataset_name Hub dataset"),
+            ("validation_dir", self.validation_dir is not None, self.train_dir is None, "it needs --train_dir"),
+            ("class_names_file", self.class_names_file is not None, not self.custom_dataset,
+             "a registered dataset names its classes; it needs --dataset_name or --train_dir"),
+            ("image_column", self.image_column != "image", self.dataset_name is None,
+             "it needs --dataset_name (an imagefolder's column is 'image')"),
+            ("label_column", self.label_column != "label", self.dataset_name is None,
+             "it needs --dataset_name (an imagefolder's column is 'label')"),
         ]  # fmt: skip
         for name, given, ignored, why in unused:
             if given and ignored:
@@ -300,7 +451,8 @@ class TrainArguments:
 
     def default_output_dir(self) -> str:
         shots = "all" if self.shots == -1 else self.shots
-        return f"runs/{self.method}_{self.dataset}_{self.protocol}_{shots}shots_seed{self.seed}"
+        dataset = self.dataset.replace("/", "_")  # a Hub id names one folder
+        return f"runs/{self.method}_{dataset}_{self.protocol}_{shots}shots_seed{self.seed}"
 
     @property
     def checkpoint_every(self) -> int | str | None:
@@ -392,8 +544,35 @@ def build_parser() -> argparse.ArgumentParser:
             add(nargs="+", type=item, metavar=_METAVARS.get(item, "VALUE"), help=help_text, **kwargs)
         else:
             add(type=base, metavar=None if "choices" in kwargs else _METAVARS.get(base), help=help_text, **kwargs)
-    parser.add_argument("--model_name_or_path", type=str, metavar="TEXT", help="Alias of --model.")
+    for alias, name in ALIASES.items():  # typed as the field they stand for
+        (action,) = [a for a in parser._actions if a.dest == name and f"--{name}" in a.option_strings]
+        parser.add_argument(f"--{alias}", dest=alias, type=action.type, metavar=action.metavar,
+                            help=f"Alias of --{name} (transformers' name).")  # fmt: skip
     return parser
+
+
+def resolve_aliases(values: dict, where: str = "on the command line") -> dict:
+    """`values` with transformers' names (`ALIASES`) replaced by ours; both names with different values is an error."""
+    out = dict(values)
+    for alias, name in ALIASES.items():
+        if alias not in out:
+            continue
+        value = out.pop(alias)
+        if name in out and out[name] != value:
+            raise ValueError(f"`{alias}` is an alias of `{name}`: give one, got {name}={out[name]!r} and "
+                             f"{alias}={value!r} {where}")  # fmt: skip
+        out[name] = value
+    return out
+
+
+def json_file_argv(argv: list[str]) -> list[str]:
+    """`examples/train.py args.json [flags]`: a first argument naming a .json file is read as `--config` is (its
+    training arguments under the flags given, as `HfArgumentParser.parse_json_file` reads such a file)."""
+    if argv and argv[0].endswith(".json") and not argv[0].startswith("-"):
+        if any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
+            raise ValueError(f"give the arguments file {argv[0]!r} or --config, not both")
+        return ["--config", argv[0], *argv[1:]]
+    return argv
 
 
 def _chooses_experiment(given: dict) -> bool:
@@ -415,15 +594,7 @@ def parse_args(argv: list[str] | None) -> TrainArguments:
     its entries (`--output_dir x --seed 2` is the default run with another folder and seed).
     """
     parser = build_parser()
-    given = vars(parser.parse_args(list(argv or [])))
-    alias = given.pop("model_name_or_path", None)
-    if alias is not None:
-        if "model" in given and given["model"] != alias:
-            raise ValueError(
-                f"`model_name_or_path` is an alias of `model`: give one, got --model {given['model']!r} and "
-                f"--model_name_or_path {alias!r}"
-            )
-        given["model"] = alias
+    given = resolve_aliases(vars(parser.parse_args(json_file_argv(list(argv or [])))))
     values, sources = {}, {}
     if not _chooses_experiment(given):
         defaults = vars(parser.parse_args(default_argv()))

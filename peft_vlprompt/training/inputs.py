@@ -11,7 +11,7 @@ import typing
 from pathlib import Path
 
 from .._validation import FieldTypeError, check_known_keys, check_value
-from .args import CONFIG_FILE, TrainArguments, cli_fields
+from .args import ALIASES, CONFIG_FILE, TrainArguments, cli_fields, resolve_aliases
 
 logger = logging.getLogger(__name__)
 
@@ -20,8 +20,9 @@ logger = logging.getLogger(__name__)
 def read_config_file(path: str) -> tuple[dict | None, dict]:
     """`(adapter config dict, training arguments)` of a `--config` JSON file or folder.
 
-    Accepted: a peft `adapter_config.json` (has `peft_type`), a folder holding one, or an object with an
-    `adapter_config` entry (a dict, or a path to such a file) next to training arguments.
+    Accepted: a peft `adapter_config.json` (has `peft_type`), a folder holding one, an object with an
+    `adapter_config` entry (a dict, or a path to such a file) next to training arguments, or an object of training
+    arguments only (transformers' names accepted, as `HfArgumentParser.parse_json_file` reads `args.json`).
     """
     file = Path(path).expanduser()
     if file.is_dir():
@@ -45,10 +46,18 @@ def read_config_file(path: str) -> tuple[dict | None, dict]:
             raise ValueError(f"`config` file {file}: `adapter_config` must be an adapter config object with a "
                              f"`peft_type` (or the path of one), got {adapter!r}"[:400])  # fmt: skip
         return adapter, training
+    if data and set(data) <= _training_names():
+        return None, data
     typos = {k: difflib.get_close_matches(k, ["peft_type", "adapter_config"], n=1) for k in data}
     hint = "; ".join(f"{k!r} (did you mean {c[0]!r}?)" for k, c in typos.items() if c)
+    unknown = sorted(set(data) - _training_names())
     raise ValueError(f"`config` file {file} has neither `peft_type` (an adapter config) nor `adapter_config` (an "
-                     f"adapter config next to training arguments){': ' + hint if hint else ''}")  # fmt: skip
+                     f"adapter config next to training arguments), and is not training arguments only (unknown: "
+                     f"{unknown}){': ' + hint if hint else ''}")  # fmt: skip
+
+
+def _training_names() -> set[str]:
+    return ({f.name for f in cli_fields()} - {"config"}) | set(ALIASES)
 
 
 def apply_config_file(args: TrainArguments) -> dict | None:
@@ -61,7 +70,8 @@ def apply_config_file(args: TrainArguments) -> dict | None:
     adapter, training = read_config_file(args.config)
     where = f"`config` file {args.config}"
     known = {f.name for f in cli_fields()} - {"config"}
-    check_known_keys(training, known, f"{where}: training arguments")
+    check_known_keys(training, known | set(ALIASES), f"{where}: training arguments")
+    training = resolve_aliases(training, f"in {where}")
     if isinstance(training.get("adapter_kwargs"), dict):
         training["adapter_kwargs"] = json.dumps(training["adapter_kwargs"])
     hints = typing.get_type_hints(TrainArguments)
@@ -122,3 +132,53 @@ def check_paths(args: TrainArguments) -> None:
     resume = args.resume_from_checkpoint
     if resume not in (None, "latest") and not os.path.isdir(os.path.expanduser(resume)):
         raise ValueError(f"`resume_from_checkpoint` folder {resume} does not exist")
+    check_dataset_source(args)
+
+
+def check_dataset_source(args: TrainArguments) -> None:
+    """The folders and the class-names file of a --dataset_name/--train_dir dataset, before anything is loaded."""
+    for name in ("train_dir", "validation_dir"):
+        value = getattr(args, name)
+        if value is not None and not os.path.isdir(os.path.expanduser(value)):
+            raise ValueError(f"`{name}` folder {value} does not exist (give an imagefolder: one sub-folder of "
+                             "images per class)")  # fmt: skip
+    source = args.dataset_name
+    if source is not None:
+        local = os.path.isdir(os.path.expanduser(source))
+        if not local and (source.startswith((".", "~", "/")) or source.count("/") > 1 or not _HUB_ID.match(source)):
+            raise ValueError(f"`dataset_name` {source!r} is neither a local folder (an imagefolder or a `save_to_disk` "
+                             "folder) nor a Hub dataset id (owner/name)")  # fmt: skip
+        if local and args.dataset_config_name is not None:
+            raise ValueError(f"`dataset_config_name`={args.dataset_config_name!r} would be ignored: `dataset_name` "
+                             f"{source} is a local folder; configurations belong to Hub datasets")  # fmt: skip
+    if args.class_names_file is not None:
+        read_class_names(args.class_names_file)
+
+
+def read_class_names(path: str) -> list[str]:
+    """Class names in label order from a text file (one per line; blank lines skipped) or a JSON list of strings."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"`class_names_file` {file} does not exist (a text file with one class name per line in "
+                         "label order, or a JSON list)")  # fmt: skip
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"`class_names_file` {file} cannot be read as UTF-8 text: {e}") from None
+    if file.suffix == ".json":
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"`class_names_file` {file} is not valid JSON: {e}") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+            raise ValueError(f"`class_names_file` {file} must hold a JSON list of non-empty strings, got "
+                             f"{str(names)[:200]}")  # fmt: skip
+        names = [n.strip() for n in names]
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"`class_names_file` {file} names no class")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"`class_names_file` {file} names a class more than once: {repeated[:10]}")
+    return names

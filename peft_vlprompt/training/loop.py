@@ -22,6 +22,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..backbones import ClipBackbone
+from ..baselines.regularisers import check_regularisers, with_regularisers
+from ..baselines.selection import EpochSelector, check_selection, check_validation_split
 from ..baselines.training import check_optimizer_args, cosine_lr, iteration_budget, make_optimizer, optimizer_record
 from ..classifier import PromptClassifier
 from ..data import make_transform
@@ -30,6 +32,7 @@ from ..optim import GaussianPromptAggregator, ProGrad
 from ..precision import cast_frozen, frozen_dtype
 from .args import PRESET, TrainArguments, parse_args
 from .build import (
+    EvalSplit,
     check_dataset_names,
     config_from_dict,
     load_clip,
@@ -52,14 +55,21 @@ from .checkpoint import (
 from .data import AugmentedViews, CachedViews, EpochSampler, KeyedViews, collate_train
 from .evaluation import Evaluator, make_eval_loader
 from .hooks import epoch_end_hooks, image_conditioned
-from .inputs import apply_config_file, check_paths
-from .method_checks import check_adapter_settings, check_method_config, resolve_method
+from .inputs import apply_config_file, check_paths, read_class_names
+from .method_checks import (
+    check_adapter_settings,
+    check_method_config,
+    check_user_depths,
+    resolve_method,
+    user_adapter_settings,
+)
 from .methods import BuildContext, MethodSpec, get_method
 from .objectives import Objective, StepInputs
 from .presets import PresetContext, apply_preset, get_preset
 from .results import assemble_results
 from .run_record import RunState, check_resume_adapter, check_resume_args, run_signature
 from .schedule import dassl_lr, set_lr
+from .trackers import check_trackers, log_evaluation, start_trackers
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +141,11 @@ def _expected_peft_type(spec: MethodSpec, adapter_dict: dict | None) -> str | No
 
 def _optimizer_and_prograd(spec, config, preset, args, params):
     optimizer = make_optimizer(spec, preset, args, params)
-    if not spec.uses_prograd:
+    if not spec.uses_prograd and args.prograd_lambda is None:
         return optimizer, None
-    lam = getattr(config, "lambda_", preset.adapter.get("lambda_", 1.0))
+    lam = args.prograd_lambda  # --prograd_lambda on any adapter, else the prograd method's own
+    if lam is None:
+        lam = getattr(config, "lambda_", preset.adapter.get("lambda_", 1.0))
     prograd = ProGrad(optimizer, lambda_=float(lam))
     return prograd, prograd
 
@@ -186,17 +198,34 @@ def _multi_process_without_gpu() -> bool:
     return not has_device and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def train(args: TrainArguments) -> dict:
-    """Run one experiment; returns the results also written to `<output_dir>/all_results.json`."""
+def _register_dataset_source(args: TrainArguments) -> None:
+    """A --dataset_name/--train_dir dataset is registered under `args.dataset`, so `load_task` applies the protocols
+    (few-shot sampling, base-to-new) to it exactly as to the built-in datasets."""
+    if not args.custom_dataset:
+        return
+    from ..data.hf_datasets import register_source_dataset
+
+    names = None if args.class_names_file is None else read_class_names(args.class_names_file)
+    register_source_dataset(args.dataset.lower(), dataset_name=args.dataset_name,
+                            dataset_config_name=args.dataset_config_name, train_dir=args.train_dir,
+                            validation_dir=args.validation_dir, image_column=args.image_column,
+                            label_column=args.label_column, classnames=names)  # fmt: skip
+
+
+def check_run(args: TrainArguments) -> tuple[MethodSpec, dict | None, Path | None]:
+    """Every check of a run that loads neither data nor a model: `(method, --config adapter dict, checkpoint to resume
+    from)`. `train` starts with it; `examples/train.py` calls it first to end a refused run with one line."""
     spec, adapter_dict = _resolve_method(args)
     check_optimizer_args(spec, args)
+    check_regularisers(spec, args)
+    check_selection(spec, args)
     check_paths(args)
     _check_adapter_settings(spec, adapter_dict, args)
     _check_device_options(args)
-    if args.torch_threads is not None:
-        torch.set_num_threads(args.torch_threads)
+    check_trackers(args)
     if args.output_dir is None:
         args.output_dir = args.default_output_dir()
+    _register_dataset_source(args)
     check_dataset_names(args)
     resume_dir = None
     if args.resume_from_checkpoint:  # a checkpoint of another method must fail before any work
@@ -204,15 +233,24 @@ def train(args: TrainArguments) -> dict:
         check_checkpoint(resume_dir, spec.name, _expected_peft_type(spec, adapter_dict))
     if spec.trains:  # a fresh run into an earlier run's checkpoints fails now, not after an epoch
         check_output_dir(args.output_dir, resuming=resume_dir is not None)
+    return spec, adapter_dict, resume_dir
+
+
+def train(args: TrainArguments) -> dict:
+    """Run one experiment; returns the results also written to `<output_dir>/all_results.json`."""
+    spec, adapter_dict, resume_dir = check_run(args)
+    if args.torch_threads is not None:
+        torch.set_num_threads(args.torch_threads)
 
     project = ProjectConfiguration(project_dir=args.output_dir)  # checkpoints are ours (checkpoint.py), not save_state
     accelerator = Accelerator(
         cpu=args.cpu or _multi_process_without_gpu(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
-        log_with=args.report_to if args.with_tracking else None,
+        log_with=args.trackers() if args.with_tracking else None,
         project_config=project,
     )
+    start_trackers(accelerator, args)  # before the zero-shot evaluation, whose accuracies are logged too
     if accelerator.is_main_process:
         clean_stale_temps(args.output_dir)
     set_seed(args.seed)
@@ -222,8 +260,9 @@ def train(args: TrainArguments) -> dict:
         args.sources["template"] = PRESET
     data = load_protocol_data(args, get_preset(spec.name, ctx0).template_table, needs_train=spec.trains)
     task = data.train
-    preset = get_preset(spec.name, PresetContext(args.protocol, args.shots, task.name, task.template,
-                                                 None if task.train is None else len(task.train)))
+    check_validation_split(args, task)
+    train_size = None if task.train is None else len(task.train)
+    preset = get_preset(spec.name, PresetContext(args.protocol, args.shots, task.name, task.template, train_size))
     apply_preset(args, spec.name, preset, trains=spec.trains)
     if resume_dir is not None:
         check_resume_args(resume_dir, args)
@@ -237,14 +276,19 @@ def train(args: TrainArguments) -> dict:
     config = None
     if spec.trains:
         ctx = BuildContext(ClipBackbone.from_model(clip), task.template, task.num_classes, task.name)
+        if adapter_dict is None:  # a user's depth deeper than the model is an error; a preset's is clipped (logged)
+            check_user_depths(spec, args, ctx.backbone.text_layers, ctx.backbone.vision_layers)
         if adapter_dict is not None:
             config = config_from_dict(adapter_dict, args.adapter_overrides())
         else:
             cls = spec.resolved_config_class()
-            config = spec.build_config(cls, preset.adapter | args.adapter_overrides(), ctx)
-        if getattr(config, "class_specific", False) and args.protocol != "few_shot":
+            config = spec.build_config(cls, user_adapter_settings(spec, preset, args), ctx)
+        # shared CSC (`class_specific` with `ctx_init` and `class_specific_init="shared"`) is one context for all
+        per_class = getattr(config, "per_class_context", getattr(config, "class_specific", False))
+        if per_class and args.protocol != "few_shot":
             raise ValueError(f"class-specific context cannot be evaluated on other classes: protocol "
-                             f"{args.protocol!r} needs `class_specific=False`")  # fmt: skip
+                             f"{args.protocol!r} needs `class_specific=False` (or `ctx_init` with "
+                             "`class_specific_init='shared'`)")  # fmt: skip
         check_method_config(spec, config)
         if resume_dir is not None:
             check_resume_adapter(resume_dir, config.to_dict())
@@ -261,7 +305,7 @@ def train(args: TrainArguments) -> dict:
                                   shared_prefix=not getattr(config, "lora_dropout", 0))  # fmt: skip
     vision_prompted = spec.trains and prompts_image_tower(model)
     conditioned = spec.trains and image_conditioned(model)
-    objective = spec.make_objective(config, preset, args)
+    objective = with_regularisers(spec.make_objective(config, preset, args), args)
     cache = args.cache_image_features
     if cache and (vision_prompted or objective.needs_pixels or not spec.trains):
         raise ValueError(f"`cache_image_features` cannot be used with method {spec.name!r}: its adapter or "
@@ -279,6 +323,7 @@ def train(args: TrainArguments) -> dict:
     if args.eval_zero_shot or not spec.trains:
         module.to(accelerator.device)
         zero_shot = evaluator.run(zero_shot=True)
+        log_evaluation(accelerator, args, zero_shot, [s.name for s in data.eval_splits], 0, "zero_shot")
 
     global_step, record = 0, {}
     if spec.trains:
@@ -286,6 +331,7 @@ def train(args: TrainArguments) -> dict:
                            accelerator, vision_prompted, cache, resume_dir, record)  # fmt: skip
         save_adapter_atomically(model, results_dir, accelerator.is_main_process)
     trained = evaluator.run(zero_shot=False) if spec.trains else None
+    log_evaluation(accelerator, args, trained, [s.name for s in data.eval_splits], global_step, "eval")
     results = assemble_results(
         args, spec, config, data, zero_shot, trained, global_step, time.time() - t0, accelerator.num_processes
     )
@@ -324,12 +370,11 @@ def _fit(args, spec, preset, config, model, classifier, module, objective, task,
         mean = float(getattr(config, "gpa_mean", preset.extra.get("gpa_mean")))
         std = float(getattr(config, "gpa_std", preset.extra.get("gpa_std")))
         gpa = GaussianPromptAggregator(args.num_epochs, mean, std)
+    selector = EpochSelector(args, task, lambda: _validation_evaluator(args, task, classifier, image_processor,
+                                                                         accelerator, vision_prompted))  # fmt: skip
     checkpoints = CheckpointManager(accelerator, args.output_dir, peft_model=model, optimizer=optimizer, state=state,
                                     adapter_config=config.to_dict(), gpa=gpa,
                                     total_limit=args.checkpoints_total_limit)  # fmt: skip
-    if args.with_tracking:
-        accelerator.init_trackers("peft_vlprompt", {k: v for k, v in vars(args).items() if v is not None and
-                                                     isinstance(v, (int, float, str, bool))})  # fmt: skip
 
     per_epoch = steps_per_epoch(len(train_loader), args.gradient_accumulation_steps)
     total = per_epoch * args.num_epochs
@@ -404,16 +449,25 @@ def _fit(args, spec, preset, config, model, classifier, module, objective, task,
             if gpa is not None:
                 gpa.update(epoch, get_peft_model_state_dict(model))
             epoch_end_hooks(model, epoch, args.num_epochs)
+            selector.after_epoch(epoch, state.global_step, model)
             if every == "epoch" or (isinstance(every, int) and state.global_step % every == 0):
                 save()
     progress.close()
     if every is not None and last_saved != state.global_step:
         save()  # a stopped (--max_train_steps) run ends at a resumable checkpoint
+    record.update(selector.finish(model, state.global_step, per_epoch))
     if gpa is not None and gpa.updated_epochs:
         set_peft_model_state_dict(model, gpa.aggregated(renormalize=state.global_step < total))
         logger.info("GPA: loaded the Gaussian-weighted average of epochs %s", gpa.updated_epochs)
     accelerator.wait_for_everyone()
     return state.global_step
+
+
+def _validation_evaluator(args, task, classifier, image_processor, accelerator, vision_prompted) -> Evaluator:
+    """An `Evaluator` over the training task's validation split (training classes only), for `--select_on`."""
+    split = EvalSplit("validation", task.val, task.classnames, task.template)
+    loader = make_eval_loader(split, image_processor, args.eval_batch_size, args.dataloader_num_workers, accelerator)
+    return Evaluator(classifier, [split], [loader], accelerator, vision_prompted, image_conditioned(classifier.model))
 
 
 def _log_outputs(results_dir: Path, trained: bool, checkpointed: bool) -> None:

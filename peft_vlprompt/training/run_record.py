@@ -19,7 +19,7 @@ RESUME_MAY_DIFFER = frozenset({
     "config", "resume_from_checkpoint", "output_dir", "max_train_steps", "checkpointing_steps",
     "checkpoints_total_limit", "logging_steps", "with_tracking", "report_to", "push_to_hub", "hub_model_id",
     "hub_private", "eval_batch_size", "eval_zero_shot", "dataloader_num_workers", "torch_threads", "class_chunk_size",
-    "text_memory_budget_mb", "verify_images", "gradient_checkpointing", "torch_compile",
+    "text_memory_budget_mb", "verify_images", "tracker_project_name", "gradient_checkpointing", "torch_compile",
     "data_dir", "cpu",
 })  # fmt: skip
 
