@@ -22,8 +22,6 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..backbones import ClipBackbone
-from ..baselines.regularisers import check_regularisers, with_regularisers
-from ..baselines.selection import EpochSelector, check_selection, check_validation_split
 from ..baselines.training import check_optimizer_args, cosine_lr, iteration_budget, make_optimizer, optimizer_record
 from ..classifier import PromptClassifier
 from ..data import make_transform
@@ -32,7 +30,6 @@ from ..optim import GaussianPromptAggregator, ProGrad
 from ..precision import cast_frozen, frozen_dtype
 from .args import PRESET, TrainArguments, parse_args
 from .build import (
-    EvalSplit,
     check_dataset_names,
     config_from_dict,
     load_clip,
@@ -56,13 +53,7 @@ from .data import AugmentedViews, CachedViews, EpochSampler, KeyedViews, collate
 from .evaluation import Evaluator, make_eval_loader
 from .hooks import epoch_end_hooks, image_conditioned
 from .inputs import apply_config_file, check_paths, read_class_names
-from .method_checks import (
-    check_adapter_settings,
-    check_method_config,
-    check_user_depths,
-    resolve_method,
-    user_adapter_settings,
-)
+from .method_checks import check_adapter_settings, check_method_config, resolve_method
 from .methods import BuildContext, MethodSpec, get_method
 from .objectives import Objective, StepInputs
 from .presets import PresetContext, apply_preset, get_preset
@@ -141,11 +132,9 @@ def _expected_peft_type(spec: MethodSpec, adapter_dict: dict | None) -> str | No
 
 def _optimizer_and_prograd(spec, config, preset, args, params):
     optimizer = make_optimizer(spec, preset, args, params)
-    if not spec.uses_prograd and args.prograd_lambda is None:
+    if not spec.uses_prograd:
         return optimizer, None
-    lam = args.prograd_lambda  # --prograd_lambda on any adapter, else the prograd method's own
-    if lam is None:
-        lam = getattr(config, "lambda_", preset.adapter.get("lambda_", 1.0))
+    lam = getattr(config, "lambda_", preset.adapter.get("lambda_", 1.0))
     prograd = ProGrad(optimizer, lambda_=float(lam))
     return prograd, prograd
 
@@ -212,17 +201,16 @@ def _register_dataset_source(args: TrainArguments) -> None:
                             label_column=args.label_column, classnames=names)  # fmt: skip
 
 
-def check_run(args: TrainArguments) -> tuple[MethodSpec, dict | None, Path | None]:
-    """Every check of a run that loads neither data nor a model: `(method, --config adapter dict, checkpoint to resume
-    from)`. `train` starts with it; `examples/train.py` calls it first to end a refused run with one line."""
+def train(args: TrainArguments) -> dict:
+    """Run one experiment; returns the results also written to `<output_dir>/all_results.json`."""
     spec, adapter_dict = _resolve_method(args)
     check_optimizer_args(spec, args)
-    check_regularisers(spec, args)
-    check_selection(spec, args)
     check_paths(args)
     _check_adapter_settings(spec, adapter_dict, args)
     _check_device_options(args)
     check_trackers(args)
+    if args.torch_threads is not None:
+        torch.set_num_threads(args.torch_threads)
     if args.output_dir is None:
         args.output_dir = args.default_output_dir()
     _register_dataset_source(args)
@@ -233,14 +221,6 @@ def check_run(args: TrainArguments) -> tuple[MethodSpec, dict | None, Path | Non
         check_checkpoint(resume_dir, spec.name, _expected_peft_type(spec, adapter_dict))
     if spec.trains:  # a fresh run into an earlier run's checkpoints fails now, not after an epoch
         check_output_dir(args.output_dir, resuming=resume_dir is not None)
-    return spec, adapter_dict, resume_dir
-
-
-def train(args: TrainArguments) -> dict:
-    """Run one experiment; returns the results also written to `<output_dir>/all_results.json`."""
-    spec, adapter_dict, resume_dir = check_run(args)
-    if args.torch_threads is not None:
-        torch.set_num_threads(args.torch_threads)
 
     project = ProjectConfiguration(project_dir=args.output_dir)  # checkpoints are ours (checkpoint.py), not save_state
     accelerator = Accelerator(
@@ -260,9 +240,8 @@ def train(args: TrainArguments) -> dict:
         args.sources["template"] = PRESET
     data = load_protocol_data(args, get_preset(spec.name, ctx0).template_table, needs_train=spec.trains)
     task = data.train
-    check_validation_split(args, task)
-    train_size = None if task.train is None else len(task.train)
-    preset = get_preset(spec.name, PresetContext(args.protocol, args.shots, task.name, task.template, train_size))
+    preset = get_preset(spec.name, PresetContext(args.protocol, args.shots, task.name, task.template,
+                                                 None if task.train is None else len(task.train)))
     apply_preset(args, spec.name, preset, trains=spec.trains)
     if resume_dir is not None:
         check_resume_args(resume_dir, args)
@@ -276,19 +255,14 @@ def train(args: TrainArguments) -> dict:
     config = None
     if spec.trains:
         ctx = BuildContext(ClipBackbone.from_model(clip), task.template, task.num_classes, task.name)
-        if adapter_dict is None:  # a user's depth deeper than the model is an error; a preset's is clipped (logged)
-            check_user_depths(spec, args, ctx.backbone.text_layers, ctx.backbone.vision_layers)
         if adapter_dict is not None:
             config = config_from_dict(adapter_dict, args.adapter_overrides())
         else:
             cls = spec.resolved_config_class()
-            config = spec.build_config(cls, user_adapter_settings(spec, preset, args), ctx)
-        # shared CSC (`class_specific` with `ctx_init` and `class_specific_init="shared"`) is one context for all
-        per_class = getattr(config, "per_class_context", getattr(config, "class_specific", False))
-        if per_class and args.protocol != "few_shot":
+            config = spec.build_config(cls, preset.adapter | args.adapter_overrides(), ctx)
+        if getattr(config, "class_specific", False) and args.protocol != "few_shot":
             raise ValueError(f"class-specific context cannot be evaluated on other classes: protocol "
-                             f"{args.protocol!r} needs `class_specific=False` (or `ctx_init` with "
-                             "`class_specific_init='shared'`)")  # fmt: skip
+                             f"{args.protocol!r} needs `class_specific=False`")  # fmt: skip
         check_method_config(spec, config)
         if resume_dir is not None:
             check_resume_adapter(resume_dir, config.to_dict())
@@ -305,7 +279,7 @@ def train(args: TrainArguments) -> dict:
                                   shared_prefix=not getattr(config, "lora_dropout", 0))  # fmt: skip
     vision_prompted = spec.trains and prompts_image_tower(model)
     conditioned = spec.trains and image_conditioned(model)
-    objective = with_regularisers(spec.make_objective(config, preset, args), args)
+    objective = spec.make_objective(config, preset, args)
     cache = args.cache_image_features
     if cache and (vision_prompted or objective.needs_pixels or not spec.trains):
         raise ValueError(f"`cache_image_features` cannot be used with method {spec.name!r}: its adapter or "
@@ -370,8 +344,6 @@ def _fit(args, spec, preset, config, model, classifier, module, objective, task,
         mean = float(getattr(config, "gpa_mean", preset.extra.get("gpa_mean")))
         std = float(getattr(config, "gpa_std", preset.extra.get("gpa_std")))
         gpa = GaussianPromptAggregator(args.num_epochs, mean, std)
-    selector = EpochSelector(args, task, lambda: _validation_evaluator(args, task, classifier, image_processor,
-                                                                         accelerator, vision_prompted))  # fmt: skip
     checkpoints = CheckpointManager(accelerator, args.output_dir, peft_model=model, optimizer=optimizer, state=state,
                                     adapter_config=config.to_dict(), gpa=gpa,
                                     total_limit=args.checkpoints_total_limit)  # fmt: skip
@@ -449,25 +421,16 @@ def _fit(args, spec, preset, config, model, classifier, module, objective, task,
             if gpa is not None:
                 gpa.update(epoch, get_peft_model_state_dict(model))
             epoch_end_hooks(model, epoch, args.num_epochs)
-            selector.after_epoch(epoch, state.global_step, model)
             if every == "epoch" or (isinstance(every, int) and state.global_step % every == 0):
                 save()
     progress.close()
     if every is not None and last_saved != state.global_step:
         save()  # a stopped (--max_train_steps) run ends at a resumable checkpoint
-    record.update(selector.finish(model, state.global_step, per_epoch))
     if gpa is not None and gpa.updated_epochs:
         set_peft_model_state_dict(model, gpa.aggregated(renormalize=state.global_step < total))
         logger.info("GPA: loaded the Gaussian-weighted average of epochs %s", gpa.updated_epochs)
     accelerator.wait_for_everyone()
     return state.global_step
-
-
-def _validation_evaluator(args, task, classifier, image_processor, accelerator, vision_prompted) -> Evaluator:
-    """An `Evaluator` over the training task's validation split (training classes only), for `--select_on`."""
-    split = EvalSplit("validation", task.val, task.classnames, task.template)
-    loader = make_eval_loader(split, image_processor, args.eval_batch_size, args.dataloader_num_workers, accelerator)
-    return Evaluator(classifier, [split], [loader], accelerator, vision_prompted, image_conditioned(classifier.model))
 
 
 def _log_outputs(results_dir: Path, trained: bool, checkpointed: bool) -> None:
