@@ -143,3 +143,100 @@ def test_loop_trains_clip_lora_with_adamw_and_writes_a_lora_adapter(model_dir, t
 def test_sgd_only_arguments_are_refused(model_dir, tmp_path, flag, value):
     with pytest.raises(ValueError, match=flag.lstrip("-") + ".*would be ignored.*adamw"):
         main(base_args(model_dir, tmp_path / "x", "clip_lora", flag, value))
+
+
+# -- ProGrad / KgCoOp on a LoRA adapter -----------------------------------------------------------------------------
+def _hand_features(clip, texts, px):
+    ids = tokenizer()(texts, padding=True, return_tensors="pt").input_ids
+    text = F.normalize(clip.get_text_features(input_ids=ids).pooler_output, dim=-1)
+    image = F.normalize(clip.get_image_features(pixel_values=px).pooler_output, dim=-1)
+    return text, image
+
+
+def test_lora_prograd_projected_gradient_equals_hand_computation():
+    from peft_vlprompt.baselines.regularisers import RegularisedObjective
+    from peft_vlprompt.optim import ProGrad
+    from peft_vlprompt.training.objectives import Objective, StepInputs
+
+    model = get_peft_model(tiny_clip(), clip_lora_config(tiny_clip(), lora_dropout=0.0))  # no dropout: repeatable
+    torch.manual_seed(4)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(std=0.5)
+    params = [p for p in model.parameters() if p.requires_grad]
+    px, labels, lam = pixels(4, seed=7), torch.tensor([0, 1, 2, 1]), 0.7
+    texts = [f"a photo of a {c}." for c in CLASSES]
+
+    # hand reference: task gradient (CE), general gradient (soft CE to the frozen CLIP's logits), projection per tensor
+    text, image = _hand_features(model, texts, px)
+    student = model.base_model.model.logit_scale.exp() * image @ text.t()
+    with torch.no_grad():
+        base = tiny_clip()
+        zs_text, zs_image = _hand_features(base, texts, px)
+        teacher = base.logit_scale.exp() * zs_image @ zs_text.t()
+    general = -(F.softmax(teacher, -1) * F.log_softmax(student, -1)).sum(-1).mean()
+    g_general = torch.autograd.grad(general, params, retain_graph=True)
+    g_task = torch.autograd.grad(F.cross_entropy(student, labels), params)
+    expected, conflicts = [], 0
+    for p, d, g in zip(params, g_task, g_general):
+        dot = (d * g).sum()
+        if dot < 0:
+            conflicts += 1
+            d = d - lam * dot / (g * g).sum() * g
+        expected.append(p.detach() - d)  # SGD, lr 1
+    assert 0 < conflicts < len(params)  # both branches of the rule are exercised
+
+    clf = PromptClassifier(model, tokenizer(), CLASSES, template="a photo of a {}.")
+    objective = RegularisedObjective(Objective(), prograd=True, kgcoop_weight=None)
+    clf.eval()
+    objective.prepare(clf, vision_prompted=True)
+    clf.train()
+    feats = clf.image_features(px)
+    text_features = clf.text_features()
+    logits = clf.logits(feats, text_features)
+    terms = objective(StepInputs(clf, logits, labels, feats, text_features, px))
+    assert set(terms) == {"ce", "prograd_kl"} and objective.direction_terms == ("prograd_kl",)
+    optimizer = ProGrad(torch.optim.SGD(params, lr=1.0), lambda_=lam)
+    optimizer.add_general_direction(terms["prograd_kl"])
+    terms["ce"].backward()
+    optimizer.step()
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.detach(), e, atol=1e-5, rtol=1e-4)
+
+
+def test_lora_kgcoop_term_equals_hand_computation():
+    from peft_vlprompt.baselines.regularisers import RegularisedObjective
+    from peft_vlprompt.training.objectives import Objective, StepInputs
+
+    model = lora_model()
+    texts = [f"a photo of a {c}." for c in CLASSES]
+    with torch.no_grad():
+        text, _ = _hand_features(model, texts, pixels(1))
+        zs_text, _ = _hand_features(tiny_clip(), texts, pixels(1))
+    expected = 8.0 * (1 - (text * zs_text).sum(-1).mean())
+    clf = PromptClassifier(model, tokenizer(), CLASSES, template="a photo of a {}.")
+    objective = RegularisedObjective(Objective(), prograd=False, kgcoop_weight=8.0)
+    objective.prepare(clf, vision_prompted=True)
+    feats, tf = clf.image_features(pixels(2)), clf.text_features()
+    terms = objective(StepInputs(clf, clf.logits(feats, tf), torch.tensor([0, 1]), feats, tf, pixels(2)))
+    assert objective.direction_terms == () and expected > 0
+    torch.testing.assert_close(terms["kgcoop"], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_loop_runs_clip_lora_with_prograd_and_kgcoop(model_dir, tmp_path):
+    torch.set_num_threads(1)
+    args = ["--no_eval_zero_shot", "--prograd_lambda", "1.0", "--kgcoop_weight", "8.0", "--num_epochs", "1"]
+    results = main(base_args(model_dir, tmp_path / "r", "clip_lora", *args))
+    assert results["method"] == "clip_lora" and results["global_step"] == 4
+
+
+@pytest.mark.parametrize(
+    "method,flag,match",
+    [("prograd", "--prograd_lambda", "has this term already.*lambda_"),
+     ("kgcoop", "--kgcoop_weight", "has this term already.*kg_weight"),
+     ("cocoop", "--kgcoop_weight", "cannot apply.*depend on each image"),
+     ("zeroshot", "--prograd_lambda", "would be ignored")],
+)  # fmt: skip
+def test_regularisers_are_refused_where_meaningless(model_dir, tmp_path, method, flag, match):
+    with pytest.raises(ValueError, match=flag.lstrip("-") + ".*" + match):
+        main(base_args(model_dir, tmp_path / "x", method, flag, "1.0"))

@@ -27,6 +27,7 @@ PROTOCOLS = ("few_shot", "base2new", "cross_dataset", "domain_generalization")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DTYPES = ("float32", "bfloat16", "float16")  # peft_vlprompt.precision.FROZEN_DTYPES (kept free of torch here)
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+SELECT_ON = ("last", "validation")
 COMMAND_LINE, CONFIG_FILE, DEFAULT_RUN_SOURCE, PRESET = "command line", "config file", "default run", "preset"
 
 # The embedded default run (no command-line arguments): ProGrad-CoOp on the toy world's base-to-new task with the
@@ -245,6 +246,30 @@ class TrainArguments:
         min=0,
     )
     kd_temperature: float = _f(1.0, "Temperature of that distillation term.", gt=0)
+    prograd_lambda: float | None = _f(
+        None,
+        "ProGrad's gradient projection on any adapter's trainable tensors (e.g. --method clip_lora), with this "
+        "lambda: per tensor, the task gradient's component that conflicts with the general direction (the gradient "
+        "of the soft cross-entropy to zero-shot CLIP's logits, computed by the frozen model with the adapter "
+        "disabled) is projected out. The prograd method sets its own (adapter `lambda_`).",
+        shown="off",
+        min=0,
+    )
+    kgcoop_weight: float | None = _f(
+        None,
+        "KgCoOp's term on any adapter: weight x (1 - mean cosine) between the adapted model's text features of the "
+        "template prompts and the frozen model's (the hand-crafted features). With LoRA both towers change; the term "
+        "constrains the text side only. The kgcoop method sets its own (adapter `kg_weight`).",
+        shown="off",
+        gt=0,
+    )
+    select_on: str = _f(
+        "last",
+        "Which epoch's adapter is kept and tested: 'last' (the papers') or 'validation' (the epoch with the best "
+        "accuracy on the dataset's validation split, training classes only; never the test split). The results "
+        "record the choice.",
+        choices=SELECT_ON,
+    )
     # -- doing less work -------------------------------------------------------------------------------------------
     cache_image_features: bool = _f(
         False,

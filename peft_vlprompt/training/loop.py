@@ -22,6 +22,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..backbones import ClipBackbone
+from ..baselines.regularisers import check_regularisers, with_regularisers
+from ..baselines.selection import EpochSelector, check_selection, check_validation_split
 from ..baselines.training import check_optimizer_args, cosine_lr, iteration_budget, make_optimizer, optimizer_record
 from ..classifier import PromptClassifier
 from ..data import make_transform
@@ -30,6 +32,7 @@ from ..optim import GaussianPromptAggregator, ProGrad
 from ..precision import cast_frozen, frozen_dtype
 from .args import PRESET, TrainArguments, parse_args
 from .build import (
+    EvalSplit,
     check_dataset_names,
     config_from_dict,
     load_clip,
@@ -132,9 +135,11 @@ def _expected_peft_type(spec: MethodSpec, adapter_dict: dict | None) -> str | No
 
 def _optimizer_and_prograd(spec, config, preset, args, params):
     optimizer = make_optimizer(spec, preset, args, params)
-    if not spec.uses_prograd:
+    if not spec.uses_prograd and args.prograd_lambda is None:
         return optimizer, None
-    lam = getattr(config, "lambda_", preset.adapter.get("lambda_", 1.0))
+    lam = args.prograd_lambda  # --prograd_lambda on any adapter, else the prograd method's own
+    if lam is None:
+        lam = getattr(config, "lambda_", preset.adapter.get("lambda_", 1.0))
     prograd = ProGrad(optimizer, lambda_=float(lam))
     return prograd, prograd
 
@@ -205,6 +210,8 @@ def train(args: TrainArguments) -> dict:
     """Run one experiment; returns the results also written to `<output_dir>/all_results.json`."""
     spec, adapter_dict = _resolve_method(args)
     check_optimizer_args(spec, args)
+    check_regularisers(spec, args)
+    check_selection(spec, args)
     check_paths(args)
     _check_adapter_settings(spec, adapter_dict, args)
     _check_device_options(args)
@@ -240,8 +247,9 @@ def train(args: TrainArguments) -> dict:
         args.sources["template"] = PRESET
     data = load_protocol_data(args, get_preset(spec.name, ctx0).template_table, needs_train=spec.trains)
     task = data.train
-    preset = get_preset(spec.name, PresetContext(args.protocol, args.shots, task.name, task.template,
-                                                 None if task.train is None else len(task.train)))
+    check_validation_split(args, task)
+    train_size = None if task.train is None else len(task.train)
+    preset = get_preset(spec.name, PresetContext(args.protocol, args.shots, task.name, task.template, train_size))
     apply_preset(args, spec.name, preset, trains=spec.trains)
     if resume_dir is not None:
         check_resume_args(resume_dir, args)
@@ -279,7 +287,7 @@ def train(args: TrainArguments) -> dict:
                                   shared_prefix=not getattr(config, "lora_dropout", 0))  # fmt: skip
     vision_prompted = spec.trains and prompts_image_tower(model)
     conditioned = spec.trains and image_conditioned(model)
-    objective = spec.make_objective(config, preset, args)
+    objective = with_regularisers(spec.make_objective(config, preset, args), args)
     cache = args.cache_image_features
     if cache and (vision_prompted or objective.needs_pixels or not spec.trains):
         raise ValueError(f"`cache_image_features` cannot be used with method {spec.name!r}: its adapter or "
@@ -344,6 +352,8 @@ def _fit(args, spec, preset, config, model, classifier, module, objective, task,
         mean = float(getattr(config, "gpa_mean", preset.extra.get("gpa_mean")))
         std = float(getattr(config, "gpa_std", preset.extra.get("gpa_std")))
         gpa = GaussianPromptAggregator(args.num_epochs, mean, std)
+    selector = EpochSelector(args, task, lambda: _validation_evaluator(args, task, classifier, image_processor,
+                                                                         accelerator, vision_prompted))  # fmt: skip
     checkpoints = CheckpointManager(accelerator, args.output_dir, peft_model=model, optimizer=optimizer, state=state,
                                     adapter_config=config.to_dict(), gpa=gpa,
                                     total_limit=args.checkpoints_total_limit)  # fmt: skip
@@ -421,16 +431,25 @@ def _fit(args, spec, preset, config, model, classifier, module, objective, task,
             if gpa is not None:
                 gpa.update(epoch, get_peft_model_state_dict(model))
             epoch_end_hooks(model, epoch, args.num_epochs)
+            selector.after_epoch(epoch, state.global_step, model)
             if every == "epoch" or (isinstance(every, int) and state.global_step % every == 0):
                 save()
     progress.close()
     if every is not None and last_saved != state.global_step:
         save()  # a stopped (--max_train_steps) run ends at a resumable checkpoint
+    record.update(selector.finish(model, state.global_step, per_epoch))
     if gpa is not None and gpa.updated_epochs:
         set_peft_model_state_dict(model, gpa.aggregated(renormalize=state.global_step < total))
         logger.info("GPA: loaded the Gaussian-weighted average of epochs %s", gpa.updated_epochs)
     accelerator.wait_for_everyone()
     return state.global_step
+
+
+def _validation_evaluator(args, task, classifier, image_processor, accelerator, vision_prompted) -> Evaluator:
+    """An `Evaluator` over the training task's validation split (training classes only), for `--select_on`."""
+    split = EvalSplit("validation", task.val, task.classnames, task.template)
+    loader = make_eval_loader(split, image_processor, args.eval_batch_size, args.dataloader_num_workers, accelerator)
+    return Evaluator(classifier, [split], [loader], accelerator, vision_prompted, image_conditioned(classifier.model))
 
 
 def _log_outputs(results_dir: Path, trained: bool, checkpointed: bool) -> None:
