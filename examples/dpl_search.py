@@ -11,7 +11,8 @@
     accelerate launch examples/dpl_search.py ... --resume_from_checkpoint latest
 
 Writes `<output_dir>/found.json` (a `DeepPromptConfig(mode="prefix")` with the per-layer argmax lengths),
-`alphas.json` (softmaxed alpha per tower), `supernet/` (the searched adapter) and `checkpoint-<step>/`.
+`alphas.json` (softmaxed alpha per tower), `supernet/` (the searched adapter) and `checkpoints/checkpoint_<n>/` (the
+training loop's format; `--checkpoints_total_limit` keeps the newest n).
 
 DPL stage 2: train fresh prompts of the found lengths with the normal loop (optionally distilling zero-shot CLIP).
 As released, the text input is the template ensemble (`CTX_INIT "ensemble"`: token embeddings averaged over the 60

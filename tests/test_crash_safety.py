@@ -296,15 +296,21 @@ def test_crafted_pickles_in_a_dpl_search_checkpoint_are_never_executed(tmp_path)
     from tests.test_dpl_search import make_search
 
     search = make_search(tmp_path / "dpl", max_steps=2, checkpoint_every=1)
-    search.run()
+    search.run()  # the training loop's format: checkpoints/checkpoint_0 (step 1), checkpoint_1 (step 2)
     marker = tmp_path / "executed"
-    for name in ("search_state.pt", "rng_0.pt"):
-        folder = tmp_path / f"crafted_{name}"
-        shutil.copytree(tmp_path / "dpl" / "checkpoint-2", folder)
-        torch.save(Payload(marker), folder / name)
-        with pytest.raises(ValueError, match=rf"{name} cannot be loaded as weights only"):
+    for name in ("alpha_optimizer.json", "alpha_optimizer.safetensors", "rng_state_0.json", "vlprompt_state.json"):
+        folder = tmp_path / f"crafted_{name}" / "checkpoints" / "checkpoint_1"
+        shutil.copytree(tmp_path / "dpl" / "checkpoints" / "checkpoint_1", folder)
+        rewrite(folder, name, pickle.dumps(Payload(marker)))
+        with pytest.raises(ValueError, match=rf"{name.split('.')[0]}.* corrupt|{name}"):
             make_search(tmp_path / "dpl").resume(folder)
         assert not marker.exists()
+    old = tmp_path / "old" / "checkpoint-2"  # the older DPL format (torch.save) is refused unread
+    old.mkdir(parents=True)
+    torch.save(Payload(marker), old / "search_state.pt")
+    with pytest.raises(ValueError, match=r"checkpoint-2 is a DPL search checkpoint of the older format"):
+        make_search(tmp_path / "old").resume("latest")
+    assert not marker.exists()
 
 
 # -- latest, rotation, reruns, leftovers, permissions ----------------------------------------------------------------
@@ -498,28 +504,30 @@ def test_state_files_round_trip_every_saved_state_and_refuse_anything_else():
         decode_state("x", {"x.json": pickle.dumps(1), "x.safetensors": bad["x.safetensors"]})
 
 
-def test_dpl_search_resaves_a_step_without_deleting_it_first(tmp_path, monkeypatch):
+def test_dpl_search_never_rewrites_a_published_checkpoint(tmp_path, monkeypatch):
     from tests.test_dpl_search import make_search
 
     search = make_search(tmp_path, max_steps=2, checkpoint_every=1)
-    search.run()  # checkpoint-1, checkpoint-2 (and the end-of-run save of step 2 again)
+    search.run()  # checkpoint_0 (step 1), checkpoint_1 (step 2); the end-of-run save of step 2 is not repeated
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint_0", "checkpoint_1"]
     seen = []
     real_rename = os.rename
 
-    def rename(src, dst):  # while checkpoint-2 is replaced, a complete copy is always in place or beside it
+    def rename(src, dst):
         seen.append((Path(src).name, Path(dst).name))
         return real_rename(src, dst)
 
     monkeypatch.setattr(os, "rename", rename)
-    search.save_checkpoint()
-    assert [d for _, d in seen][-1] == "checkpoint-2" and seen[0][0] == "checkpoint-2"  # moved aside, then swapped in
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    assert search.save_checkpoint() is None and seen == []  # nothing new since step 2
     resumed = make_search(tmp_path)
     resumed.resume("latest")
     assert resumed.global_step == 2
-    seen.clear()
-    resumed.save_checkpoint()  # nothing happened since the resume: the checkpoint is kept as it is
-    assert seen == []
+    assert resumed.save_checkpoint() is None and seen == []  # nothing happened since the resume
+    resumed.args.max_steps = 3
+    resumed.run()  # a new step goes to a new folder, published by one rename of its hidden staging folder
+    assert seen == [(".checkpoint_2.partial", "checkpoint_2")]
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint_0", "checkpoint_1", "checkpoint_2"]
 
 
 def test_a_crafted_pickle_in_an_adapter_folder_is_never_executed(tmp_path):

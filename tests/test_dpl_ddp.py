@@ -1,6 +1,7 @@
 """DPL search under 2 CPU processes (gloo, through accelerate): 2 ranks x batch 1 give the parameters of one process
 with batch 2 (the ranks average their gradients; the batch order gives each rank half of the same global batch), and
-both ranks hold identical alpha and prompts.
+both ranks hold identical alpha and prompts; and a 2-process search stopped after 2 steps (the kill) and resumed from
+`latest` by a fresh search ends bit-identical to the uninterrupted one.
 
 Run: `python -m pytest tests/test_dpl_ddp.py -q` (starts 2 processes).
 """
@@ -14,7 +15,7 @@ from tests._ddp import cpu_rank_accelerator, run_ranks
 WORLD = 2
 
 
-def _search(out_dir: str, batch_size: int, accelerator=None) -> torch.Tensor:
+def _search(out_dir: str, batch_size: int, accelerator=None, max_steps=None, resume=None) -> torch.Tensor:
     from peft import get_peft_model
 
     from peft_vlprompt import DPLSearchConfig, PromptClassifier
@@ -29,8 +30,15 @@ def _search(out_dir: str, batch_size: int, accelerator=None) -> torch.Tensor:
     config = DPLSearchConfig(text_candidates=[0, 1, 2], vision_candidates=[0, 2], prompt_init="normal", init_std=0.3)
     model = get_peft_model(clip, config)
     classifier = PromptClassifier(model, tokenizer(), ["cat", "dog", "bird"])
-    args = DPLSearchArguments(num_epochs=1, batch_size=batch_size, lr=0.05, alpha_lr=0.05, warmup_epochs=0)
-    DPLSearch(model, classifier, data, data[:4], args, out_dir, accelerator=accelerator).run()
+    torch.manual_seed(1000 + (accelerator.process_index if accelerator else 0))  # resuming must not depend on it
+    args = DPLSearchArguments(num_epochs=1, batch_size=batch_size, lr=0.05, alpha_lr=0.05, warmup_epochs=0,
+                              max_steps=max_steps, checkpoint_every=1)  # fmt: skip
+    search = DPLSearch(model, classifier, data, data[:4], args, out_dir, accelerator=accelerator)
+    if resume:
+        search.resume(resume)
+    steps = len(search.run())
+    if resume:  # only the steps after the checkpoint ran (a no-op resume would redo all 4 from the same init)
+        assert steps == 2 and search.global_step == 4, (steps, search.global_step)
     return torch.cat([p.detach().flatten() for p in alpha_parameters(model) + prompt_parameters(model)])
 
 
@@ -38,6 +46,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     accelerator = cpu_rank_accelerator(rank, port, WORLD)
     params = _search(os.path.join(out_dir, "ddp"), batch_size=1, accelerator=accelerator)
     torch.save(params, os.path.join(out_dir, f"rank{rank}.pt"))
+    split = os.path.join(out_dir, "split")
+    _search(split, batch_size=1, accelerator=accelerator, max_steps=2)  # killed after step 2
+    resumed = _search(split, batch_size=1, accelerator=accelerator, resume="latest")
+    torch.save(resumed, os.path.join(out_dir, f"resumed{rank}.pt"))
     accelerator.wait_for_everyone()
     accelerator.end_training()
 
@@ -48,4 +60,7 @@ def test_two_processes_match_one_process(tmp_path):
     assert torch.equal(ranks[0], ranks[1])
     expected = _search(str(tmp_path / "single"), batch_size=2)
     torch.testing.assert_close(ranks[0], expected, atol=1e-5, rtol=0)
-    assert (tmp_path / "ddp" / "checkpoint-4" / "rng_1.pt").is_file()  # each rank's RNG state is checkpointed
+    # each rank's RNG state is checkpointed, in JSON + safetensors like every other part
+    assert (tmp_path / "ddp" / "checkpoints" / "checkpoint_3" / "rng_state_1.safetensors").is_file()
+    for r in range(WORLD):
+        assert torch.equal(torch.load(tmp_path / f"resumed{r}.pt"), ranks[0])

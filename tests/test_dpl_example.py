@@ -63,7 +63,7 @@ def test_search_then_train_the_found_config(tiny_world, tmp_path):
         result["chosen_lengths"]["text"],
         result["chosen_lengths"]["vision"],
     ]
-    assert (out / "supernet" / "adapter_config.json").is_file() and (out / "checkpoint-12").is_dir()
+    assert (out / "supernet" / "adapter_config.json").is_file() and (out / "checkpoints" / "checkpoint_0").is_dir()
     alphas = json.loads((out / "alphas.json").read_text())
     assert len(alphas["alpha_softmax"]["text"]) == 2 and len(alphas["alpha_softmax"]["vision"][0]) == 2
 
@@ -100,3 +100,12 @@ def test_bad_search_space_fails_before_loading(tmp_path):
         search_main(
             ["--text_candidates", "2", "4", "--model", str(tmp_path / "missing"), "--output_dir", str(tmp_path)]
         )
+
+
+def test_a_checkpoint_of_the_older_format_is_refused_before_loading(tmp_path):
+    old = tmp_path / "checkpoint-12"  # what earlier versions wrote: torch.save files, never unpickled now
+    old.mkdir()
+    (old / "search_state.pt").write_bytes(b"not read")
+    for resume in ("latest", str(old)):
+        with pytest.raises(ValueError, match=r"checkpoint-12 is a DPL search checkpoint of the older format"):
+            search_main(["--resume_from_checkpoint", resume, "--output_dir", str(tmp_path)])

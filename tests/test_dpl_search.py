@@ -133,7 +133,7 @@ def test_alpha_moves_and_export_is_argmax(tmp_path):
         assert summary["chosen_lengths"][tower] == expected
         torch.testing.assert_close(torch.tensor(probs).sum(-1), torch.ones(len(probs)))
     assert summary["chosen_lengths"] == chosen_lengths(search.model)
-    assert latest_checkpoint(tmp_path).name == "checkpoint-12"
+    assert latest_checkpoint(tmp_path).name == "checkpoint_0"  # only the final one: no `checkpoint_every`
 
 
 def test_alpha_summary_is_keyed_and_sized_per_tower(tmp_path):
@@ -156,10 +156,10 @@ def test_resume_is_bit_identical(tmp_path):
     torch.manual_seed(5)
     first = make_search(tmp_path / "split", warmup_epochs=1, max_steps=5, checkpoint_every=3)
     first.run()  # stops mid-epoch 1, mid validation pass
-    assert latest_checkpoint(tmp_path / "split").name == "checkpoint-5"
+    assert latest_checkpoint(tmp_path / "split").name == "checkpoint_1"  # steps 3 and 5
     torch.manual_seed(1234)  # the resumed run must not depend on the RNG state it starts with
     second = make_search(tmp_path / "split", warmup_epochs=1)
-    second.resume(tmp_path / "split" / "checkpoint-3")
+    second.resume(tmp_path / "split" / "checkpoints" / "checkpoint_0")
     assert second.global_step == 3
     second.run()
 
@@ -183,5 +183,112 @@ def test_missing_validation_data(tmp_path):
         DPLSearch(model, clf, NoisyImages(4, 1), None, DPLSearchArguments(), tmp_path)
     with pytest.raises(ValueError, match=r"`val_dataset` is empty"):
         DPLSearch(model, clf, NoisyImages(4, 1), [], DPLSearchArguments(), tmp_path)
-    with pytest.raises(FileNotFoundError, match="no DPL search checkpoint"):
+    with pytest.raises(ValueError, match="`resume_from_checkpoint`='latest' but .* holds no complete checkpoint"):
+        DPLSearch(model, clf, NoisyImages(4, 1), NoisyImages(2, 2), DPLSearchArguments(), tmp_path).resume("latest")
+
+
+# -- the training loop's checkpoints: JSON + safetensors, manifest, `latest`, rotation; the old format refused --------
+def test_checkpoints_are_the_training_loops_format_with_rotation(tmp_path):
+    search = make_search(tmp_path, max_steps=5, checkpoint_every=1, checkpoints_total_limit=2)
+    search.run()
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint_3", "checkpoint_4"]  # steps 4 and 5
+    files = {p.name for p in (root / "checkpoint_4").iterdir()}
+    assert {"vlprompt_state.json", "adapter_model.safetensors", "checkpoint_manifest.json"} <= files
+    assert {"alpha_optimizer.json", "optimizer.json", "rng_state_0.safetensors"} <= files
+    assert all(name.endswith((".json", ".safetensors")) for name in files)  # nothing pickled
+    state = json.loads((root / "checkpoint_4" / "vlprompt_state.json").read_text())
+    assert (state["method"], state["global_step"], state["epoch"], state["batch_in_epoch"]) == ("dpl_search", 5, 1, 1)
+    # `latest` is the newest *complete* checkpoint: a damaged one is skipped
+    (root / "checkpoint_4" / "optimizer.json").write_text("{}")
+    assert latest_checkpoint(tmp_path).name == "checkpoint_3"
+    again = make_search(tmp_path)
+    assert again.resume("latest").name == "checkpoint_3" and again.global_step == 4
+
+
+class _Trap:
+    def __reduce__(self):  # would create `executed` if the file were ever unpickled
+        return (open, (str(TRAP_FILE), "w"))
+
+
+TRAP_FILE = None
+
+
+def test_the_older_pickled_format_is_refused_and_never_unpickled(tmp_path):
+    global TRAP_FILE
+    TRAP_FILE = tmp_path / "executed"
+    old = tmp_path / "checkpoint-3"
+    old.mkdir()
+    torch.save({"trap": _Trap()}, old / "search_state.pt")
+    search = make_search(tmp_path)
+    for value in (old, "latest"):
+        with pytest.raises(ValueError, match=r"checkpoint-3 is a DPL search checkpoint of the older format.*not "
+                                             r"loaded.*another --output_dir"):  # fmt: skip
+            search.resume(value)
+    assert not TRAP_FILE.exists()
+
+
+def test_another_methods_checkpoint_is_refused(tmp_path):
+    make_search(tmp_path, max_steps=1).run()
+    state_file = tmp_path / "checkpoints" / "checkpoint_0" / "vlprompt_state.json"
+    state_file.write_text(state_file.read_text().replace('"dpl_search"', '"coop"'))
+    with pytest.raises(ValueError, match=r"written by method 'coop'.*this run trains 'dpl_search'"):
+        make_search(tmp_path).resume(state_file.parent)
+
+
+def test_alpha_entropy_and_argmax_lengths_go_to_the_trackers(tmp_path):
+    from accelerate import Accelerator
+    from accelerate.tracking import GeneralTracker
+
+    class ListTracker(GeneralTracker):
+        name, requires_logging_directory = "list", False
+
+        def __init__(self):
+            super().__init__()
+            self.logged = []
+
+        @property
+        def tracker(self):
+            return self
+
+        def store_init_configuration(self, values):
+            pass
+
+        def log(self, values, step=None, **kwargs):
+            self.logged.append((step, dict(values)))
+
+    tracker = ListTracker()
+    accelerator = Accelerator(cpu=True, log_with=[tracker])
+    accelerator.init_trackers("dpl")
+    model, clf = supernet()
+    args = DPLSearchArguments(num_epochs=1, batch_size=2, lr=0.05, alpha_lr=0.05, log_every=2)
+    DPLSearch(model, clf, NoisyImages(8, 1), NoisyImages(3, 2), args, tmp_path, accelerator=accelerator).run()
+    accelerator.end_training()
+    assert [step for step, _ in tracker.logged] == [2, 4]
+    values = tracker.logged[-1][1]
+    layers = {"text": [], "vision": []}
+    for layer in supernet_layers(model):
+        layers[layer.tower].append(layer.dpl_alpha["default"].detach())
+    for tower, candidates in (("text", [0, 1, 2]), ("vision", [0, 2])):
+        for i, alpha in enumerate(layers[tower]):
+            p = torch.exp(alpha - alpha.max()) / torch.exp(alpha - alpha.max()).sum()  # by hand, not the library's
+            assert values[f"alpha_entropy/{tower}/layer_{i}"] == pytest.approx(float(-(p * p.log()).sum()), rel=1e-5)
+            assert values[f"chosen_length/{tower}/layer_{i}"] == candidates[int(alpha.argmax())]
+    assert {"search/val_loss", "search/train_loss", "search/lr"} <= values.keys()
+
+
+def test_extra_generators_are_restored_per_process(tmp_path):
+    def search_with(generator):
+        model, clf = supernet()
+        args = DPLSearchArguments(num_epochs=1, batch_size=2, max_steps=1)
+        return DPLSearch(model, clf, NoisyImages(4, 1), NoisyImages(2, 2), args, tmp_path, generators=[generator])
+
+    g = torch.Generator().manual_seed(7)
+    search_with(g).run()
+    expected = torch.rand(3, generator=g)  # what the generator draws next after the checkpoint
+    other = torch.Generator().manual_seed(99)
+    search_with(other).resume("latest")
+    assert torch.equal(torch.rand(3, generator=other), expected)
+    with pytest.raises(ValueError, match=r"holds 1 extra generator state\(s\), this run has 0"):
+        model, clf = supernet()
         DPLSearch(model, clf, NoisyImages(4, 1), NoisyImages(2, 2), DPLSearchArguments(), tmp_path).resume("latest")

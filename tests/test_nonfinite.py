@@ -141,8 +141,8 @@ def test_a_diverging_dpl_search_stops_at_the_step_and_checkpoints_nothing_non_fi
                                                  r"of 1 values NaN/inf\)"):  # fmt: skip
         search.run()
     assert search.global_step >= 1  # the first step was finite and checkpointed
-    checkpoints = sorted(tmp_path.glob("checkpoint-*"))
+    checkpoints = sorted((tmp_path / "checkpoints").glob("checkpoint_*"))
     assert len(checkpoints) == search.global_step
     for folder in checkpoints:
-        state = torch.load(folder / "search_state.pt", weights_only=True)
-        assert all(torch.isfinite(t).all() for t in state["adapter"].values()), folder
+        state = load_file(folder / "adapter_model.safetensors")
+        assert all(torch.isfinite(t).all() for t in state.values()), folder

@@ -27,7 +27,7 @@ from ..classifier import PromptClassifier
 from ..tuners.deep_prompt.config import TEXT_INPUTS
 from ..tuners.dpl import DPLSearchConfig
 from .export import save_search_result
-from .search import DPLSearch, DPLSearchArguments, latest_checkpoint
+from .search import DPLSearch, DPLSearchArguments, latest_checkpoint, refuse_legacy_resume
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,10 @@ class DPLRunArguments:
     template: str | None = field(default=None, metadata={"help": "Prompt template (default: the dataset's)."})
     output_dir: str = field(default="runs/dpl_search", metadata={"help": "Checkpoints, found.json, alphas.json."})
     resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "A checkpoint-<step> folder, or 'latest' under --output_dir."}
+        default=None,
+        metadata={
+            "help": "A checkpoints/checkpoint_<n> folder, or 'latest' (the newest complete one under --output_dir)."
+        },
     )
     class_chunk_size: int = field(default=256, metadata={"help": "Classes per text-tower call."})
     # -- search space (DPLSearchConfig) ---------------------------------------------------------------------------
@@ -161,6 +164,8 @@ def check_args(run_args: DPLRunArguments, search_args: DPLSearchArguments) -> DP
     if run_args.template is not None and "{}" not in run_args.template:
         raise ValueError(f"`template` must contain '{{}}' for the class name, got {run_args.template!r}")
     resume, out = run_args.resume_from_checkpoint, Path(run_args.output_dir)
+    if resume is not None:
+        refuse_legacy_resume(resume, out)  # the older, pickled format: named, never loaded
     if resume == "latest" and latest_checkpoint(out) is None:
         raise ValueError(f"`resume_from_checkpoint`='latest' but `output_dir` {out} has no complete checkpoint of "
                          "a search to resume: drop --resume_from_checkpoint to start one")  # fmt: skip

@@ -11,35 +11,35 @@ Only the parameters being updated require gradients in each half-step, so no bac
 The processes of a multi-process run average their gradients with an all-reduce before each optimizer step (the
 model is not wrapped in DDP: the two half-steps differentiate different parameters).
 
-A checkpoint (`checkpoint-<step>/`) holds alpha and prompts (the peft adapter state), both optimizers, the data
-position (epoch, batch, validation pass and batch) and every process's RNG states; the learning rate is a pure
-function of the epoch, so resuming from it reproduces the uninterrupted run bit for bit.
+Checkpoints are the training loop's (`peft_vlprompt.training.checkpoint.CheckpointManager`):
+`<output_dir>/checkpoints/checkpoint_<n>/` in JSON + safetensors (never unpickled), published complete by a rename
+with a manifest, `latest` = the newest complete one, rotation to `checkpoints_total_limit` after publishing. One holds
+alpha and prompts (the adapter), both optimizers, the data position (epoch, batch, validation pass and batch), the
+loss history and every process's RNG states; the learning rate is a pure function of the epoch, so resuming from it
+reproduces the uninterrupted run bit for bit. The older format (`checkpoint-<step>/search_state.pt`, written with
+`torch.save`) is refused with a message, never loaded.
 """
 
 import logging
 import math
 import os
-import pickle
-import random
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-from .._atomic import fsync_dir, fsync_file, temp_name
 from ..finite import check_training_step
+from ..training.checkpoint import CheckpointManager, TrainingState, check_checkpoint, resolve_checkpoint
 from ..tuners.dpl import DPLSearchConfig, alpha_parameters, prompt_parameters
 from .batches import TRAIN_STREAM, VAL_STREAM, CyclingBatches, pass_batches
+from .export import alpha_summary
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "checkpoint-"
-STATE_FILE = "search_state.pt"
+METHOD = "dpl_search"  # recorded in each checkpoint: a training run's checkpoint is refused, and vice versa
+LEGACY_PREFIX, LEGACY_STATE_FILE = "checkpoint-", "search_state.pt"  # the older, pickled format (refused)
 
 
 @dataclass
@@ -54,6 +54,7 @@ class DPLSearchArguments:
         seed: data order (and nothing else: seed the model's initialisation before creating it).
         max_steps: stop after this many steps (the schedule still spans `num_epochs`; resume continues it).
         checkpoint_every: write a checkpoint every this many steps (and at the end); None: only at the end.
+        checkpoints_total_limit: keep only this many checkpoints, deleting the oldest after each save (None: all).
         max_grad_norm: clip each half-step's gradient norm (None: no clipping, as the released code).
     """
 
@@ -74,6 +75,9 @@ class DPLSearchArguments:
     seed: int = field(default=1, metadata={"help": "Seed of the training and validation batch order."})
     max_steps: int | None = field(default=None, metadata={"help": "Stop after this many steps (None: all)."})
     checkpoint_every: int | None = field(default=None, metadata={"help": "Checkpoint every N steps (None: end)."})
+    checkpoints_total_limit: int | None = field(
+        default=None, metadata={"help": "Keep only this many checkpoints (the oldest are deleted; None: all)."}
+    )
     max_grad_norm: float | None = field(default=None, metadata={"help": "Gradient clipping norm (None: off)."})
     log_every: int = field(default=10, metadata={"help": "Log losses every N steps."})
 
@@ -81,7 +85,7 @@ class DPLSearchArguments:
         for name in ("num_epochs", "batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
-        for name in ("val_batch_size", "max_steps", "checkpoint_every"):
+        for name in ("val_batch_size", "max_steps", "checkpoint_every", "checkpoints_total_limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {value}")
@@ -104,40 +108,69 @@ def prompt_lr(epoch: int, args: DPLSearchArguments) -> float:
     return float(args.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - args.warmup_epochs) / args.num_epochs)))
 
 
-def _rng_state(generators: Sequence[torch.Generator]) -> dict:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "generators": [g.get_state() for g in generators],
-    }
-
-
-def _set_rng_state(state: dict, generators: Sequence[torch.Generator]) -> None:
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if len(state["generators"]) != len(generators):
-        raise ValueError(
-            f"the checkpoint holds {len(state['generators'])} extra generator states, {len(generators)} were given"
-        )
-    for generator, saved in zip(generators, state["generators"]):
-        generator.set_state(saved)
-
-
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint with the highest step under `output_dir`, or None."""
+    """The newest complete checkpoint under `<output_dir>/checkpoints`, or None."""
+    try:
+        return resolve_checkpoint("latest", str(output_dir))
+    except ValueError:
+        return None
+
+
+def legacy_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """`checkpoint-<step>` folders of the older, pickled format under `output_dir` (never loaded)."""
     root = Path(output_dir)
-    found = [
-        p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
-    ]
-    return max(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :])) if found else None
+    return (
+        sorted(p for p in root.glob(f"{LEGACY_PREFIX}*") if (p / LEGACY_STATE_FILE).is_file()) if root.is_dir() else []
+    )
+
+
+def refuse_legacy_resume(value: str | os.PathLike, output_dir: str | os.PathLike) -> None:
+    """Raise, naming the folder, if resuming from `value` (a folder or "latest") would mean the older format."""
+    if str(value) != "latest":
+        if (Path(value) / LEGACY_STATE_FILE).is_file():
+            refuse_legacy(Path(value))
+    elif latest_checkpoint(output_dir) is None and legacy_checkpoints(output_dir):
+        refuse_legacy(legacy_checkpoints(output_dir)[-1])
+
+
+def refuse_legacy(path: Path) -> None:
+    raise ValueError(
+        f"{path} is a DPL search checkpoint of the older format ({LEGACY_STATE_FILE} and rng_<rank>.pt, written with "
+        "torch.save), which is not loaded: nothing pickled is read back. Start the search afresh into another "
+        "--output_dir (or delete the old checkpoint folders); new checkpoints go to <output_dir>/checkpoints/"
+    )
+
+
+class SearchState(TrainingState):
+    """The search's position, saved as JSON in every checkpoint: epoch, batch, validation stream, loss history."""
+
+    def __init__(self, search: "DPLSearch", peft_type: str) -> None:
+        super().__init__(METHOD, peft_type)
+        self.search = search
+
+    def state_dict(self) -> dict:
+        s = self.search
+        self.global_step = s.global_step
+        return super().state_dict() | {
+            "epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch, "val_batches": s.val_batches.state_dict(),
+            "world_size": s.world_size, "search_args": asdict(s.args), "history": s.history,
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        s = self.search
+        s.global_step, s.epoch, s.batch_in_epoch = self.global_step, int(state["epoch"]), int(state["batch_in_epoch"])
+        s.val_batches.load_state_dict(state["val_batches"])
+        s.history = list(state["history"])
+
+
+class _OneProcess:
+    """What `CheckpointManager` asks of an `Accelerator`, for a search run without one."""
+
+    is_main_process, process_index, num_processes, scaler, step = True, 0, 1, None, 0
+
+    def wait_for_everyone(self) -> None:
+        return None
 
 
 class DPLSearch:
@@ -220,7 +253,13 @@ class DPLSearch:
         )
         self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
         self.history: list[dict] = []
-        self._resumed: tuple[Path, int] | None = None  # (checkpoint, step) this search resumed from
+        self._saved_step: int | None = None  # the step of the last checkpoint written or resumed from
+        peft_type = str(getattr(config.peft_type, "value", config.peft_type)).lower()
+        self.checkpoints = CheckpointManager(
+            accelerator or _OneProcess(), self.output_dir, peft_model=model, optimizer=self.prompt_optimizer,
+            state=SearchState(self, peft_type), adapter_config=config.to_dict(), total_limit=args.checkpoints_total_limit,
+            extra={"alpha_optimizer": self.alpha_optimizer}, generators=self.generators, adapter_name=adapter_name,
+        )  # fmt: skip
 
     # -- one step ------------------------------------------------------------------------------------------------
     def _device(self) -> torch.device:
@@ -301,7 +340,7 @@ class DPLSearch:
                 self.global_step += 1
                 self.history.append({"epoch": self.epoch, "step": self.global_step, "lr": lr, **losses})
                 if self.global_step % self.args.log_every == 0:
-                    logger.info("epoch %d step %d lr %.2e %s", self.epoch, self.global_step, lr, losses)
+                    self._log(lr, losses)
                 if self.args.checkpoint_every and self.global_step % self.args.checkpoint_every == 0:
                     self.save_checkpoint()
             if self.batch_in_epoch >= len(batches):
@@ -309,95 +348,46 @@ class DPLSearch:
         self.save_checkpoint()
         return self.history[start:]
 
+    def _log(self, lr: float, losses: dict[str, float]) -> None:
+        """Losses, and per layer of each searched tower the alpha entropy and the current argmax length, to the log
+        and to the accelerator's trackers (`accelerator.log`)."""
+        summary = alpha_summary(self.model, self.adapter_name)
+        values = {f"search/{k}": v for k, v in losses.items()} | {"search/lr": lr, "search/epoch": self.epoch}
+        for tower, rows in summary["alpha_softmax"].items():
+            for i, (probs, length) in enumerate(zip(rows, summary["chosen_lengths"][tower])):
+                values[f"alpha_entropy/{tower}/layer_{i}"] = -sum(p * math.log(p) for p in probs if p > 0)
+                values[f"chosen_length/{tower}/layer_{i}"] = length
+        logger.info("epoch %d step %d lr %.2e %s; lengths %s", self.epoch, self.global_step, lr, losses,
+                    summary["chosen_lengths"])  # fmt: skip
+        if self.accelerator is not None and self.accelerator.trackers:
+            self.accelerator.log(values, step=self.global_step)
+
     # -- checkpoints ---------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {
-            "adapter": get_peft_model_state_dict(self.model, adapter_name=self.adapter_name),
-            "alpha_optimizer": self.alpha_optimizer.state_dict(),
-            "prompt_optimizer": self.prompt_optimizer.state_dict(),
-            "position": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "global_step": self.global_step},
-            "val_batches": self.val_batches.state_dict(),
-            "args": asdict(self.args),
-            "world_size": self.world_size,
-            "history": self.history,
-        }
+    def save_checkpoint(self) -> Path | None:
+        """Write the next `checkpoints/checkpoint_<n>/` (complete or absent; see `CheckpointManager`).
 
-    def load_state_dict(self, state: dict) -> None:
-        if state["world_size"] != self.world_size:
-            raise ValueError(
-                f"the checkpoint was written by {state['world_size']} processes, this run has {self.world_size}; "
-                "resume with the same number of processes"
-            )
-        result = set_peft_model_state_dict(self.model, state["adapter"], adapter_name=self.adapter_name)
-        if getattr(result, "unexpected_keys", None):
-            raise ValueError(f"the checkpoint's adapter has unexpected keys: {result.unexpected_keys[:5]}")
-        self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
-        self.prompt_optimizer.load_state_dict(state["prompt_optimizer"])
-        position = state["position"]
-        self.epoch, self.batch_in_epoch = position["epoch"], position["batch_in_epoch"]
-        self.global_step = position["global_step"]
-        self.val_batches.load_state_dict(state["val_batches"])
-        self.history = list(state["history"])
-
-    def save_checkpoint(self) -> Path:
-        """Write `checkpoint-<step>/` (state on the main process, RNG states from every process), atomically.
-
-        It is written into a hidden folder and published by a rename, so every `checkpoint-<step>` is complete; an
-        existing folder of the same step is moved aside first and deleted only after the new one is in place.
+        Nothing is written when the last checkpoint (written or resumed from) is already at this step.
         """
-        final = self.output_dir / f"{CHECKPOINT_PREFIX}{self.global_step}"
-        if self._resumed == (final, self.global_step) and final.is_dir():
-            return final  # nothing happened since resuming from it: rewriting would only open a window for a crash
-        staging = self.output_dir / f".{final.name}.tmp"
-        if self.rank == 0:
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-        self._barrier()
-        if self.rank == 0:
-            _atomic_save(self.state_dict(), staging / STATE_FILE)
-        _atomic_save(_rng_state(self.generators), staging / f"rng_{self.rank}.pt")
-        self._barrier()
-        if self.rank == 0:
-            fsync_dir(staging)
-            old = temp_name(self.output_dir, f".{final.name}.old-") if final.exists() else None
-            if old is not None:
-                os.rename(final, old)
-            os.rename(staging, final)
-            fsync_dir(self.output_dir)
-            if old is not None:
-                shutil.rmtree(old)
-            logger.info("saved DPL search checkpoint %s", final)
-        self._barrier()
-        return final
+        if self._saved_step == self.global_step:
+            return None
+        path = self.checkpoints.save()
+        self._saved_step = self.global_step
+        return path
 
-    def resume(self, checkpoint: str | os.PathLike) -> None:
-        """Restore a checkpoint directory (or `"latest"` under `output_dir`)."""
-        path = latest_checkpoint(self.output_dir) if str(checkpoint) == "latest" else Path(checkpoint)
-        if path is None or not (path / STATE_FILE).is_file():
-            raise FileNotFoundError(f"no DPL search checkpoint at {checkpoint!r} (output_dir {self.output_dir})")
-        self.load_state_dict(_safe_load(path / STATE_FILE, self._device()))
-        _set_rng_state(_safe_load(path / f"rng_{self.rank}.pt", "cpu"), self.generators)
-        self._resumed = (path, self.global_step)
+    def resume(self, checkpoint: str | os.PathLike) -> Path:
+        """Restore a checkpoint folder, or `"latest"` (the newest complete one under `<output_dir>/checkpoints`)."""
+        refuse_legacy_resume(checkpoint, self.output_dir)
+        path = resolve_checkpoint(str(checkpoint), str(self.output_dir))
+        meta = check_checkpoint(path, METHOD, self.checkpoints.state.peft_type)  # another method's is refused
+        if meta.get("world_size") != self.world_size:
+            raise ValueError(
+                f"checkpoint {path} was written by {meta.get('world_size')} processes, this run has "
+                f"{self.world_size}; resume with the same number of processes"
+            )
+        self.checkpoints.load(path)
+        self._saved_step = self.global_step
         logger.info("resumed the DPL search from %s (step %d)", path, self.global_step)
-
-    def _barrier(self) -> None:
-        if self.world_size > 1:
-            self.accelerator.wait_for_everyone()
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    fsync_file(tmp)
-    os.replace(tmp, path)
-
-
-def _safe_load(path: Path, map_location) -> dict:
-    """`torch.load` with `weights_only=True` (tensors, containers and numbers only: a crafted pickle does not run)."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ValueError(f"DPL search checkpoint file {path} cannot be loaded as weights only: {e}") from e
+        return path
 
 
 class _null_context:

@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
@@ -153,8 +154,10 @@ def check_checkpoint(path: Path, method: str, peft_type: str | None) -> dict:
         raise ValueError(f"{path} is not a peft_vlprompt training checkpoint: {STATE_FILE} is missing")
     try:
         state = json.loads(state_file.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # e.g. a pickle planted in its place
         raise ValueError(f"{state_file} is corrupt: {e}") from e
+    if not isinstance(state, dict):
+        raise ValueError(f"{state_file} is corrupt: a JSON object was expected, got {type(state).__name__}")
     _check_same_method(state, method, peft_type, f"checkpoint {path}")
     read_verified(path)
     return state
@@ -197,13 +200,18 @@ class CheckpointManager:
         optimizer: the prepared optimizer (ProGrad or not).
         state: the `TrainingState`; adapter_config: its config dict, recorded in `vlprompt_state.json`.
         gpa: the `GaussianPromptAggregator`, if any; total_limit: keep only this many checkpoints (None: all).
+        extra: more objects with `state_dict`/`load_state_dict` (name -> object), saved as `<name>.*` (the DPL
+            search's second optimizer); generators: `torch.Generator`s saved with each process's RNG states.
+        adapter_name: the adapter whose tensors are saved.
     """
 
     def __init__(self, accelerator, output_dir, *, peft_model, optimizer, state: TrainingState, adapter_config: dict,
-                 gpa=None, total_limit: int | None = None) -> None:  # fmt: skip
+                 gpa=None, total_limit: int | None = None, extra: dict | None = None, generators=(),
+                 adapter_name: str = "default") -> None:  # fmt: skip
         self.accelerator, self.root = accelerator, Path(output_dir) / CHECKPOINTS_DIR
         self.peft_model, self.optimizer, self.state, self.gpa = peft_model, optimizer, state, gpa
         self.adapter_config, self.total_limit = adapter_config, total_limit
+        self.extra, self.generators, self.adapter_name = dict(extra or {}), list(generators), adapter_name
         named = _named_checkpoints(self.root)
         self.next_number = checkpoint_number(named[0]) + 1 if named else 0
 
@@ -211,7 +219,7 @@ class CheckpointManager:
         acc = self.accelerator
         state = self.state.state_dict() | {"adapter_config": self.adapter_config, "accelerator_step": acc.step,
                                            "num_processes": acc.num_processes, "format": FORMAT_VERSION}  # fmt: skip
-        weights = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(self.peft_model).items()}
+        weights = {k: v.detach().contiguous() for k, v in self._adapter_state().items()}
         _check_finite(weights, "the adapter to checkpoint")
         files = {STATE_FILE: (json.dumps(state, indent=2, sort_keys=True, default=str) + "\n").encode()}
         files[WEIGHTS_FILE] = save_tensors(weights)
@@ -220,7 +228,12 @@ class CheckpointManager:
             files |= encode_state("gpa", self.gpa.state_dict())
         if acc.scaler is not None:
             files |= encode_state("scaler", acc.scaler.state_dict())
+        for name, obj in self.extra.items():
+            files |= encode_state(name, obj.state_dict())
         return files
+
+    def _adapter_state(self) -> dict:
+        return get_peft_model_state_dict(self.peft_model, adapter_name=self.adapter_name)
 
     def save(self) -> Path:
         """Write the next checkpoint, publish it by a rename, then rotate; returns its folder."""
@@ -235,7 +248,8 @@ class CheckpointManager:
             staging.mkdir()
         acc.wait_for_everyone()
         try:
-            files = encode_state(f"rng_state_{acc.process_index}", rng_state())
+            rng = rng_state() | {"generators": [g.get_state() for g in self.generators]}
+            files = encode_state(f"rng_state_{acc.process_index}", rng)
             if main:
                 files |= self._shared_files()
             for name, data in files.items():
@@ -286,21 +300,30 @@ class CheckpointManager:
             weights = load_tensors(files[WEIGHTS_FILE])
         except (KeyError, ValueError, RuntimeError, SafetensorError) as e:
             raise ValueError(f"checkpoint {path}: {STATE_FILE}/{WEIGHTS_FILE} missing or corrupt ({e})") from e
-        expected = get_peft_model_state_dict(self.peft_model).keys()
+        expected = self._adapter_state().keys()
         if weights.keys() != expected:
             missing, unexpected = sorted(expected - weights.keys()), sorted(weights.keys() - expected)
             raise ValueError(f"checkpoint {path} does not fit this adapter: missing {missing[:5]}, unexpected "
                              f"{unexpected[:5]}")  # fmt: skip
         _check_finite(weights, f"checkpoint {path}")
-        set_peft_model_state_dict(self.peft_model, weights)
+        set_peft_model_state_dict(self.peft_model, weights, adapter_name=self.adapter_name)
         self.optimizer.load_state_dict(decode_state("optimizer", files))
+        for name, obj in self.extra.items():
+            obj.load_state_dict(decode_state(name, files))
         if self.gpa is not None:
             self.gpa.load_state_dict(decode_state("gpa", files))
         if acc.scaler is not None and "scaler.json" in files:
             acc.scaler.load_state_dict(decode_state("scaler", files))
         rng_name = f"rng_state_{acc.process_index}"
         if f"{rng_name}.json" in files:
-            set_rng_state(decode_state(rng_name, files))
+            rng = decode_state(rng_name, files)
+            saved = rng.get("generators", [])
+            if len(saved) != len(self.generators):
+                raise ValueError(f"checkpoint {path} holds {len(saved)} extra generator state(s), this run has "
+                                 f"{len(self.generators)}: pass the same `generators`")  # fmt: skip
+            set_rng_state(rng)
+            for generator, generator_state in zip(self.generators, saved):
+                generator.set_state(generator_state.to(torch.uint8))
         else:
             logger.warning("checkpoint %s was written by %s processes: no RNG state for process %d", path,
                            meta.get("num_processes"), acc.process_index)  # fmt: skip
