@@ -108,3 +108,14 @@ def test_help_lists_the_transformers_names():
     for flag in ("--learning_rate", "--num_train_epochs", "--per_device_train_batch_size", "--dataset_name",
                  "--train_dir", "--class_names_file", "--tracker_project_name"):  # fmt: skip
         assert flag in done.stdout, flag
+
+
+def test_a_bad_args_json_file_is_refused_before_torch_is_imported(tmp_path):
+    from tests.test_cli import PROBE
+
+    file = tmp_path / "args.json"
+    file.write_text(json.dumps({"method": "coop", "learning_rate": -1.0}))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", PROBE, str(file)], cwd=ROOT, capture_output=True, text=True, env=env)
+    output = done.stdout + done.stderr
+    assert "`lr` must be > 0, got -1.0" in output and "torch imported: False" in output, output

@@ -14,11 +14,11 @@ override them. Standard library only (no torch): the example parses and validate
 import argparse
 import json
 import logging
-import os
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 
 from .._validation import base_and_optional, check_fields
+from .cli_names import ALIASES, check_data_source, json_file_argv, parse_trackers, resolve_aliases
 from .schedule import GRANULARITIES
 
 logger = logging.getLogger(__name__)
@@ -52,23 +52,6 @@ DEFAULT_RUN: dict[str, str | int | float] = {
 }
 # Flags that choose an experiment of their own (when their value differs from the default run's)
 EXPERIMENT_FLAGS = ("method", "dataset", "config", "dataset_name", "train_dir")
-# transformers' names of our flags (`run_*_no_trainer.py`, `TrainingArguments`): accepted on the command line and in
-# --config files; giving both names with different values is an error
-ALIASES = {
-    "model_name_or_path": "model",
-    "learning_rate": "lr",
-    "num_train_epochs": "num_epochs",
-    "per_device_train_batch_size": "batch_size",
-    "per_device_eval_batch_size": "eval_batch_size",
-    "image_column_name": "image_column",
-    "label_column_name": "label_column",
-}
-# accelerate 1.15's trackers (`accelerate.tracking.LOGGER_TYPE_TO_CLASS`) and "all" (every installed one)
-TRACKERS = ("all", "tensorboard", "wandb", "trackio", "aim", "comet_ml", "mlflow", "clearml", "dvclive", "swanlab")
-# what each tracker needs installed (the import name of its package)
-TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "aim": "aim",
-                    "comet_ml": "comet_ml", "mlflow": "mlflow", "clearml": "clearml", "dvclive": "dvclive",
-                    "swanlab": "swanlab"}  # fmt: skip
 
 
 def _f(default=None, help: str = "", shown: str | None = None, **rules):
@@ -359,8 +342,8 @@ class TrainArguments:
             )
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("`hub_model_id` is required with `push_to_hub` (e.g. --hub_model_id user/coop-dtd)")
-        self._check_dataset_source()
-        self._check_report_to()
+        check_data_source(self, _default_of(TrainArguments.__dataclass_fields__["dataset"]))
+        parse_trackers(self.report_to)
         self._check_nothing_ignored()
         if self.adapter_kwargs is not None:
             try:
@@ -375,45 +358,9 @@ class TrainArguments:
         """The data come from --dataset_name or --train_dir (not from a registered dataset)."""
         return self.dataset_name is not None or self.train_dir is not None
 
-    def _check_dataset_source(self) -> None:
-        """One data source; a custom one is recorded under --dataset, by default a name derived from its source."""
-        if self.streaming:
-            raise ValueError("`streaming`=True cannot be honoured: few-shot sampling and the base/new class split read "
-                             "every label of a split before choosing images, which a streamed (iterable) dataset "
-                             "cannot give; drop --streaming (datasets downloads and caches the dataset)")  # fmt: skip
-        if self.dataset_name is not None and self.train_dir is not None:
-            raise ValueError(f"give one data source: `dataset_name`={self.dataset_name!r} or `train_dir`="
-                             f"{self.train_dir!r}")  # fmt: skip
-        for name in ("dataset_name", "train_dir", "validation_dir", "class_names_file", "image_column",
-                     "label_column", "dataset_config_name"):  # fmt: skip
-            value = getattr(self, name)
-            if value is not None and not value.strip():
-                raise ValueError(f"`{name}` must not be empty, got {value!r}")
-        if self.custom_dataset and self.dataset == _default_of(TrainArguments.__dataclass_fields__["dataset"]):
-            self.dataset = self.source_dataset_name()
-
-    def source_dataset_name(self) -> str:
-        """The name a --dataset_name/--train_dir dataset is recorded under when --dataset does not name it: the Hub
-        id (with its configuration), or the folder's name (the parent's for a folder named train)."""
-        if self.dataset_name is not None and not os.path.isdir(os.path.expanduser(self.dataset_name)):
-            name = self.dataset_name + (f"-{self.dataset_config_name}" if self.dataset_config_name else "")
-        else:
-            path = os.path.normpath(os.path.abspath(os.path.expanduser(self.dataset_name or self.train_dir)))
-            name = os.path.basename(path)
-            if self.train_dir is not None and name.lower() == "train":
-                name = os.path.basename(os.path.dirname(path))
-        return name.lower()
-
-    def _check_report_to(self) -> None:
-        names = [n.strip() for n in self.report_to.split(",")]
-        bad = [n for n in names if n not in TRACKERS]
-        if bad or not names:
-            raise ValueError(f"`report_to` must be 'all' or comma-separated trackers of {TRACKERS[1:]}, got "
-                             f"{self.report_to!r}")  # fmt: skip
-
     def trackers(self) -> list[str]:
         """`report_to` as accelerate's `log_with`."""
-        return [n.strip() for n in self.report_to.split(",")]
+        return parse_trackers(self.report_to)
 
     def _check_nothing_ignored(self) -> None:
         """A value that would have no effect in this run is an error, not silently ignored."""
@@ -545,30 +492,6 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--{alias}", dest=alias, type=action.type, metavar=action.metavar,
                             help=f"Alias of --{name} (transformers' name).")  # fmt: skip
     return parser
-
-
-def resolve_aliases(values: dict, where: str = "on the command line") -> dict:
-    """`values` with transformers' names (`ALIASES`) replaced by ours; both names with different values is an error."""
-    out = dict(values)
-    for alias, name in ALIASES.items():
-        if alias not in out:
-            continue
-        value = out.pop(alias)
-        if name in out and out[name] != value:
-            raise ValueError(f"`{alias}` is an alias of `{name}`: give one, got {name}={out[name]!r} and "
-                             f"{alias}={value!r} {where}")  # fmt: skip
-        out[name] = value
-    return out
-
-
-def json_file_argv(argv: list[str]) -> list[str]:
-    """`examples/train.py args.json [flags]`: a first argument naming a .json file is read as `--config` is (its
-    training arguments under the flags given, as `HfArgumentParser.parse_json_file` reads such a file)."""
-    if argv and argv[0].endswith(".json") and not argv[0].startswith("-"):
-        if any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
-            raise ValueError(f"give the arguments file {argv[0]!r} or --config, not both")
-        return ["--config", argv[0], *argv[1:]]
-    return argv
 
 
 def _chooses_experiment(given: dict) -> bool:

@@ -11,7 +11,8 @@ import typing
 from pathlib import Path
 
 from .._validation import FieldTypeError, check_known_keys, check_value
-from .args import ALIASES, CONFIG_FILE, TrainArguments, cli_fields, resolve_aliases
+from .args import CONFIG_FILE, TrainArguments, cli_fields
+from .cli_names import ALIASES, resolve_aliases
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ work, started before the first evaluation, and receive every evaluation's accura
 import importlib.util
 import logging
 
-from .args import TRACKER_PACKAGES
+from .cli_names import TRACKER_PACKAGES
 from .results import _protocol_numbers
 
 logger = logging.getLogger(__name__)
