@@ -275,7 +275,8 @@ def test_presets_follow_the_papers_configs():
     kg = get_preset("kgcoop", PresetContext("base2new", 16, "dtd"))
     assert (kg.num_epochs, kg.batch_size, kg.adapter["kg_weight"]) == (100, 128, 8.0)
     expected = {"coop", "cocoop", "prograd", "kgcoop", "ivlp", "vpt", "deep_language", "maple", "promptsrc",
-                "restore", "dpl", "deep_prompt", "zeroshot", "clip_lora"}  # fmt: skip
+                "restore", "dpl", "deep_prompt", "zeroshot", "clip_lora", "linear_probe",
+                "linear_probe_text"}  # fmt: skip
     assert set(available_methods()) == expected
 
 

@@ -72,8 +72,10 @@ class TrainArguments:
     method: str | None = _f(
         None,
         "Method: coop, cocoop, prograd, kgcoop, ivlp, vpt, deep_language, maple, promptsrc, "
-        "restore, dpl, deep_prompt, clip_lora (LoRA on q/k/v of both towers, AdamW, 500 x shots iterations) or "
-        "zeroshot (evaluation only). Its preset sets the adapter and the epochs/lr/batch size of the paper.",
+        "restore, dpl, deep_prompt, clip_lora (LoRA on q/k/v of both towers, AdamW, 500 x shots iterations), "
+        "linear_probe / linear_probe_text (logistic regression on frozen image features, plain or from zero-shot "
+        "CLIP's text weights; L2 chosen on validation; training classes only) or zeroshot (evaluation only). Its "
+        "preset sets the adapter and the epochs/lr/batch size of the paper.",
         shown="the type of --config, else prograd",
     )
     config: str | None = _f(

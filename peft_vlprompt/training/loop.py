@@ -229,6 +229,10 @@ def train(args: TrainArguments) -> dict:
     if spec.trains:  # a fresh run into an earlier run's checkpoints fails now, not after an epoch
         check_output_dir(args.output_dir, resuming=resume_dir is not None)
 
+    if spec.optimizer == "closed_form":  # linear probes: no adapter, no gradient loop
+        from ..baselines.probe_run import run_probe
+
+        return run_probe(args, spec)
     project = ProjectConfiguration(project_dir=args.output_dir)  # checkpoints are ours (checkpoint.py), not save_state
     accelerator = Accelerator(
         cpu=args.cpu or _multi_process_without_gpu(),

@@ -56,8 +56,9 @@ class MethodSpec:
             must give it, checked before anything is loaded.
         check_config: `(config or config dict) -> reason or None`: why an adapter accepted by peft type is still
             not this method (e.g. `--method maple` with uncoupled prompts); None when it is.
-        optimizer: "sgd" (the Dassl recipe: SGD, warm-up epoch, per-epoch cosine) or "adamw" (CLIP-LoRA: AdamW and a
-            per-iteration cosine to the preset's `eta_min` over its `iterations`).
+        optimizer: "sgd" (the Dassl recipe: SGD, warm-up epoch, per-epoch cosine), "adamw" (CLIP-LoRA: AdamW and a
+            per-iteration cosine to the preset's `eta_min` over its `iterations`) or "closed_form" (linear probes:
+            no adapter, L-BFGS on frozen features, `peft_vlprompt.baselines.probe_run`).
     """
 
     name: str
@@ -230,6 +231,8 @@ METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in [
         MethodSpec("zeroshot", None),
+        MethodSpec("linear_probe", None, optimizer="closed_form"),
+        MethodSpec("linear_probe_text", None, optimizer="closed_form"),
         MethodSpec("coop", _COOP, _coop_family, accepts_peft_types=("coop",)),
         MethodSpec(
             "prograd",

@@ -171,6 +171,10 @@ def _clip_lora(ctx: PresetContext) -> Preset:
                   source="CLIP-LoRA run_utils.py defaults (Zanella & Ben Ayed, CVPRW 2024)")  # fmt: skip
 
 
+def _linear_probe(ctx: PresetContext) -> Preset:
+    return Preset(0, 0.0, 1, {}, source="CLIP paper A.3: logistic regression, L-BFGS, L2 chosen on validation")
+
+
 def _zeroshot(ctx: PresetContext) -> Preset:
     return Preset(0, 0.0, 1, {}, source="zero-shot CLIP with CoOp's CUSTOM_TEMPLATES (zsclip.py)")
 
@@ -190,6 +194,8 @@ PRESETS = {
     "deep_prompt": _deep_prompt,
     "zeroshot": _zeroshot,
     "clip_lora": _clip_lora,
+    "linear_probe": _linear_probe,
+    "linear_probe_text": _linear_probe,
 }
 
 
