@@ -109,3 +109,49 @@ def test_a_checkpoint_of_the_older_format_is_refused_before_loading(tmp_path):
     for resume in ("latest", str(old)):
         with pytest.raises(ValueError, match=r"checkpoint-12 is a DPL search checkpoint of the older format"):
             search_main(["--resume_from_checkpoint", resume, "--output_dir", str(tmp_path)])
+
+
+def _scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = {}
+    for file in sorted(folder.rglob("events.out.tfevents.*")):
+        events = EventAccumulator(str(file))
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            out.setdefault(tag, []).extend((e.step, e.value) for e in events.Scalars(tag))
+    return out
+
+
+def test_a_killed_search_resumes_bit_exactly_and_logs_alpha_to_tensorboard(tiny_world, tmp_path):
+    pytest.importorskip("tensorboard")
+    common = ["--dataset", NAME, "--model", str(tiny_world), "--shots", "4", "--batch_size", "2", "--num_epochs", "2",
+              "--warmup_epochs", "0", "--text_candidates", "0", "1", "2", "--vision_candidates", "0", "3"]  # fmt: skip
+    full = search_main([*common, "--output_dir", str(tmp_path / "full")])
+    split = tmp_path / "split"
+    tracking = ["--with_tracking", "--report_to", "tensorboard", "--log_every", "1"]
+    # stopped mid-epoch 1 (6 batches per epoch), as a kill after the checkpoint of step 8 would leave it
+    search_main([*common, "--output_dir", str(split), "--max_steps", "8", "--checkpoint_every", "4", *tracking])
+    resumed = search_main([*common, "--output_dir", str(split), "--resume_from_checkpoint", "latest"])
+    assert resumed["steps"] == full["steps"] == 12
+    alphas = [json.loads((d / "alphas.json").read_text())["alpha"] for d in (tmp_path / "full", split)]
+    assert alphas[0] == alphas[1]  # bit-exact: the raw alpha values as JSON floats
+
+    scalars = _scalars(split / "peft_vlprompt_dpl")
+    assert [step for step, _ in scalars["alpha_entropy/text/layer_0"]] == list(range(1, 9))
+    assert {tag.split("/")[1] for tag in scalars if tag.startswith("chosen_length/")} == {"text", "vision"}
+    last = {tag: values[-1][1] for tag, values in scalars.items()}
+    assert all(0 <= last[f"alpha_entropy/text/layer_{i}"] <= np.log(3) + 1e-6 for i in range(2))
+    assert all(last[f"chosen_length/vision/layer_{i}"] in (0, 3) for i in range(2))
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--report_to", "tensorbord"], r"`report_to` must be 'all' or comma-separated trackers"),
+        (["--checkpoints_total_limit", "0"], r"`checkpoints_total_limit` must be >= 1, got 0"),
+    ],
+)
+def test_engine_flags_are_checked_before_loading(tmp_path, argv, match):
+    with pytest.raises(ValueError, match=match):
+        search_main([*argv, "--model", str(tmp_path / "missing"), "--output_dir", str(tmp_path)])

@@ -12,14 +12,16 @@ from peft import get_peft_model
 
 from peft_vlprompt import DPLSearchConfig, PromptClassifier
 from peft_vlprompt.dpl import (
-    CyclingBatches,
+    CyclingLoader,
     DPLSearch,
     DPLSearchArguments,
     alpha_summary,
     latest_checkpoint,
-    pass_batches,
+    pass_order,
     prompt_lr,
+    search_loader,
 )
+from peft_vlprompt.dpl.batches import TRAIN_STREAM, VAL_STREAM
 from peft_vlprompt.tuners.dpl import alpha_parameters, chosen_lengths, prompt_parameters, supernet_layers
 from tests.tiny import IMAGE_SIZE, tiny_clip, tokenizer
 
@@ -28,7 +30,8 @@ CONFIG = dict(text_candidates=[0, 1, 2], vision_candidates=[0, 2], prompt_init="
 
 
 class NoisyImages(torch.utils.data.Dataset):
-    """Fixed images per item plus fresh noise from the global torch RNG (an augmentation the resume must replay)."""
+    """Fixed images per item plus noise seeded by `(epoch, index)` (an augmentation that differs per epoch, which the
+    resume must replay), for keys `(epoch, index)`; a plain index means epoch 0."""
 
     def __init__(self, n: int, seed: int):
         g = torch.Generator().manual_seed(seed)
@@ -38,11 +41,10 @@ class NoisyImages(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.images)
 
-    def __getitem__(self, i):
-        return {
-            "pixel_values": self.images[i] + 0.1 * torch.randn(self.images[i].shape),
-            "labels": int(self.labels[i]),
-        }
+    def __getitem__(self, key):
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        noise = torch.randn(self.images[i].shape, generator=torch.Generator().manual_seed(1000 * epoch + i))
+        return {"pixel_values": self.images[i] + 0.1 * noise, "labels": int(self.labels[i])}
 
 
 def supernet(seed: int = 0):
@@ -57,28 +59,39 @@ def make_search(tmp_path, train_n=8, val_n=3, **kwargs):
     args = DPLSearchArguments(
         **{"num_epochs": 2, "batch_size": 2, "lr": 0.05, "alpha_lr": 0.05, "log_every": 1000, **kwargs}
     )
-    return DPLSearch(model, clf, NoisyImages(train_n, 1), NoisyImages(val_n, 2), args, tmp_path)
+    return DPLSearch(model, clf, NoisyImages(train_n, 1), NoisyImages(val_n, 2), args, tmp_path, keyed_train=True)
 
 
-# -- batch order -------------------------------------------------------------------------------------------------
+# -- batch order ---------------------------------------------------------------------------------------------------
 def test_validation_stream_cycles_and_reshuffles():
     items = list(range(5))
-    stream = CyclingBatches(items, 2, lambda xs: xs, seed=3)
-    passes = [[x for _ in range(3) for x in next(stream)] for _ in range(4)]  # 3 batches (2, 2, 1) per pass
+
+    def stream():
+        return CyclingLoader(*search_loader(items, 2, lambda xs: xs, seed=3, stream=VAL_STREAM, keyed=False,
+                                            drop_last=False))  # fmt: skip
+
+    first = stream()
+    passes = [[x for _ in range(3) for x in next(first)] for _ in range(4)]  # 3 batches (2, 2, 1) per pass
     assert all(sorted(p) == items for p in passes)  # every pass sees every item exactly once
     assert len({tuple(p) for p in passes}) > 1  # and the order is re-drawn per pass
-    assert stream.state_dict() == {"pass_index": 3, "batch_index": 3}
-    again = CyclingBatches(items, 2, lambda xs: xs, seed=3)
-    again.load_state_dict({"pass_index": 2, "batch_index": 1})
-    assert next(again) == passes[2][2:4]
+    assert passes == [pass_order(5, 3, VAL_STREAM, p) for p in range(4)]
+    assert first.state_dict() == {"pass_index": 3, "batch_index": 3}
+    again = stream()
+    again.load_state_dict({"pass_index": 2, "batch_index": 1})  # resumes through skip_first_batches
+    assert next(again) == passes[2][2:4] and next(again) == passes[2][4:] and next(again) == passes[3][:2]
 
 
-def test_pass_batches_drop_last_and_ranks():
-    full = pass_batches(10, 3, seed=0, stream=0, pass_index=0, drop_last=True)
-    assert [len(b) for b in full] == [3, 3, 3]
-    ranks = [pass_batches(7, 2, seed=0, stream=0, pass_index=0, drop_last=False, rank=r, world_size=2) for r in (0, 1)]
-    assert [len(b) for b in ranks[0]] == [len(b) for b in ranks[1]] == [2, 2]  # padded by wrapping around
-    assert set(sum(ranks[0] + ranks[1], [])) == set(range(7))
+def test_training_batches_drop_last_and_differ_per_epoch():
+    loader, sampler = search_loader(list(range(10)), 3, lambda xs: xs, seed=0, stream=TRAIN_STREAM, keyed=False,
+                                    drop_last=True)  # fmt: skip
+    epochs = []
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        epochs.append(list(loader))
+        assert [len(b) for b in epochs[-1]] == [3, 3, 3]  # the incomplete last batch is dropped
+        assert sum(epochs[-1], []) == pass_order(10, 0, TRAIN_STREAM, epoch)[:9]
+    assert epochs[0] != epochs[1]
+    assert pass_order(10, 0, TRAIN_STREAM, 0) != pass_order(10, 0, VAL_STREAM, 0)  # the streams are independent
 
 
 def test_prompt_lr_is_dassl_schedule():
@@ -91,13 +104,11 @@ def test_one_step_matches_hand_computed_bilevel_update(tmp_path):
     search = make_search(tmp_path, warmup_epochs=0, momentum=0.9, weight_decay=0.01)
     model, clf = supernet()  # an identical copy to compute the reference on
     alphas, prompts = alpha_parameters(model), prompt_parameters(model)
-    torch.manual_seed(11)  # the same augmentation noise for both; the loop draws the training batch first
-    train_batch = search.collate_fn(
-        [search.train_dataset[i] for i in pass_batches(8, 2, seed=1, stream=0, pass_index=0, drop_last=True)[0]]
-    )
-    val_batch = search.collate_fn(
-        [search.val_batches.dataset[i] for i in pass_batches(3, 2, seed=1, stream=1, pass_index=0, drop_last=False)[0]]
-    )
+    from peft_vlprompt.data import collate
+
+    train, val = NoisyImages(8, 1), NoisyImages(3, 2)
+    train_batch = collate([train[(0, i)] for i in pass_order(8, 1, TRAIN_STREAM, 0)[:2]])
+    val_batch = collate([val[i] for i in pass_order(3, 1, VAL_STREAM, 0)[:2]])
 
     # alpha: one Adam step (bias-corrected first step: lr * g / (|g| + eps)) on the validation loss
     g = torch.autograd.grad(F.cross_entropy(clf(val_batch["pixel_values"]), val_batch["labels"]), alphas)
@@ -110,7 +121,6 @@ def test_one_step_matches_hand_computed_bilevel_update(tmp_path):
         for p, gp in zip(prompts, g):
             p -= 0.05 * (gp + 0.01 * p)
 
-    torch.manual_seed(11)
     search.args.max_steps = 1
     search.run()
     for got, want in zip(alpha_parameters(search.model) + prompt_parameters(search.model), alphas + prompts):

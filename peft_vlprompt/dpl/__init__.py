@@ -5,20 +5,21 @@ The supernet itself is the peft method `dpl` (`peft_vlprompt.tuners.dpl.DPLSearc
 search loop and the export.
 """
 
-from .batches import CyclingBatches, pass_batches
+from .batches import CyclingLoader, pass_order, search_loader
 from .export import ALPHAS_FILE, FOUND_FILE, alpha_summary, found_config, save_search_result
 from .search import DPLSearch, DPLSearchArguments, latest_checkpoint, prompt_lr
 
 __all__ = [
     "ALPHAS_FILE",
     "FOUND_FILE",
-    "CyclingBatches",
+    "CyclingLoader",
     "DPLSearch",
     "DPLSearchArguments",
     "alpha_summary",
     "found_config",
     "latest_checkpoint",
-    "pass_batches",
+    "pass_order",
     "prompt_lr",
     "save_search_result",
+    "search_loader",
 ]

@@ -1,101 +1,125 @@
-"""Deterministic, resumable batch order for the DPL search.
+"""The DPL search's data: DataLoaders over the training loop's `EpochSampler`, prepared by accelerate.
 
-Each pass over a dataset is a fresh permutation drawn from `(seed, stream, pass)` alone, so the order of any batch is
-a pure function of its position: a resumed search needs only the position, not a sampler or RNG state, and the
-validation stream is a proper cycling iterator that re-shuffles on every pass (the released code re-creates its
-validation iterator at every step and so only ever sees the first validation batch).
+Each pass over a dataset is the permutation `EpochSampler` draws from `(seed, pass)` alone, and a training item may be
+addressed by `(view, index)` (`peft_vlprompt.training.data.AugmentedViews`: the random crop and flip of image `index`
+seeded by `(seed, view, index)`), so any batch is a pure function of its position. Resuming therefore needs only
+the position: `skip_first_batches` skips the batches already used, and a DataLoader reading ahead (accelerate's
+does) draws nothing from a global RNG. The validation stream cycles through passes, re-shuffled on every one (the
+released code re-creates its validation iterator at every step and so only ever sees the first validation batch).
 """
 
 from collections.abc import Callable, Sequence
 
-import numpy as np
-import torch
+from accelerate import skip_first_batches
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from ..training.data import EpochSampler, view_seed
 
 TRAIN_STREAM, VAL_STREAM = 0, 1
 
 
-def pass_batches(
-    num_items: int,
+def stream_seed(seed: int, stream: int) -> int:
+    """The sampler seed of one stream (training or validation) of a search seeded with `seed`."""
+    return view_seed(seed, stream, 0xD91)
+
+
+class ByIndex(TorchDataset):
+    """`dataset[(view, index)]` -> `dataset[index]`: a plain dataset under a sampler that yields keys."""
+
+    def __init__(self, dataset: Sequence) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        return self.dataset[int(key[1])]
+
+
+def search_loader(
+    dataset: Sequence,
     batch_size: int,
+    collate_fn: Callable,
     *,
     seed: int,
     stream: int,
-    pass_index: int,
+    keyed: bool,
     drop_last: bool,
-    rank: int = 0,
-    world_size: int = 1,
-) -> list[list[int]]:
-    """Index batches of one pass: a permutation seeded by `(seed, stream, pass_index)`, cut into global batches of
-    `batch_size * world_size`, of which this rank takes its `batch_size` slice.
-
-    With several processes the permutation is padded by wrapping around (like `DistributedSampler`) so every rank
-    gets the same number of equally sized batches.
-    """
-    if num_items < 1:
-        raise ValueError(f"cannot draw batches from an empty dataset (`num_items`={num_items})")
-    rng = np.random.default_rng([seed, stream, pass_index])
-    order = rng.permutation(num_items).tolist()
-    global_batch = batch_size * world_size
-    if drop_last and num_items >= global_batch:
-        order = order[: num_items - num_items % global_batch]
-    elif len(order) % global_batch:
-        pad = global_batch - len(order) % global_batch if world_size > 1 else 0
-        order = order + (order * (pad // len(order) + 1))[:pad]
-    batches = []
-    for start in range(0, len(order), global_batch):
-        chunk = order[start : start + global_batch]
-        per_rank = -(-len(chunk) // world_size)
-        batches.append(chunk[rank * per_rank : (rank + 1) * per_rank])
-    return batches
+    accelerator=None,
+) -> tuple[DataLoader, EpochSampler]:
+    """A DataLoader over `EpochSampler` keys (`keyed`: the dataset takes `(view, index)`, else only the index),
+    prepared by `accelerator` (each process takes every N-th batch of the same order)."""
+    if len(dataset) < 1:
+        raise ValueError("cannot draw batches from an empty dataset")
+    sampler = EpochSampler(len(dataset), stream_seed(seed, stream))
+    world = accelerator.num_processes if accelerator is not None else 1
+    loader = DataLoader(
+        dataset if keyed else ByIndex(dataset),
+        sampler=sampler,
+        batch_size=batch_size,
+        collate_fn=collate_fn,
+        drop_last=drop_last and len(dataset) >= batch_size * world,
+    )
+    if accelerator is not None:
+        loader = accelerator.prepare(loader)
+    return loader, sampler
 
 
-class CyclingBatches:
-    """Endless batches of a dataset, re-shuffled on every pass; `position` (pass, batch) is all the state."""
+def epoch_batches(loader: DataLoader, sampler: EpochSampler, epoch: int, skip: int = 0):
+    """The loader over pass `epoch`, without its first `skip` batches (already used before a resume)."""
+    sampler.set_epoch(epoch)
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    return skip_first_batches(loader, skip) if skip else loader
 
-    def __init__(
-        self,
-        dataset: Sequence,
-        batch_size: int,
-        collate_fn: Callable[[list], dict[str, torch.Tensor]],
-        *,
-        seed: int,
-        stream: int = VAL_STREAM,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        self.dataset, self.batch_size, self.collate_fn = dataset, batch_size, collate_fn
-        self.seed, self.stream, self.rank, self.world_size = seed, stream, rank, world_size
+
+def end(loader) -> None:
+    """Unregister a prepared loader left before its end from accelerate's GradientState (`end()` is idempotent)."""
+    if hasattr(loader, "end"):
+        loader.end()
+
+
+class CyclingLoader:
+    """Endless batches of a (prepared) DataLoader, pass after pass; `(pass_index, batch_index)` is all the state."""
+
+    def __init__(self, loader: DataLoader, sampler: EpochSampler) -> None:
+        self.loader, self.sampler = loader, sampler
         self.pass_index, self.batch_index = 0, 0
-        self._batches: list[list[int]] | None = None
+        self._current, self._iterator = None, None
 
-    def _current_pass(self) -> list[list[int]]:
-        if self._batches is None:
-            self._batches = pass_batches(
-                len(self.dataset),
-                self.batch_size,
-                seed=self.seed,
-                stream=self.stream,
-                pass_index=self.pass_index,
-                drop_last=False,
-                rank=self.rank,
-                world_size=self.world_size,
-            )
-        return self._batches
-
-    def __next__(self) -> dict[str, torch.Tensor]:
-        batches = self._current_pass()
-        if self.batch_index >= len(batches):
-            self.pass_index, self.batch_index, self._batches = self.pass_index + 1, 0, None
-            batches = self._current_pass()
-        indices = batches[self.batch_index]
+    def __next__(self):
+        if self._iterator is None:
+            self._current = epoch_batches(self.loader, self.sampler, self.pass_index, self.batch_index)
+            self._iterator = iter(self._current)
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            if self.batch_index == 0:
+                raise ValueError("the validation loader yields no batch") from None
+            self.pass_index, self.batch_index, self._iterator = self.pass_index + 1, 0, None
+            return next(self)
         self.batch_index += 1
-        return self.collate_fn([self.dataset[i] for i in indices])
+        return batch
 
     def __iter__(self):
         return self
+
+    def close(self) -> None:
+        if self._current is not None:
+            end(self._current)
+        self._current, self._iterator = None, None
 
     def state_dict(self) -> dict[str, int]:
         return {"pass_index": self.pass_index, "batch_index": self.batch_index}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.pass_index, self.batch_index, self._batches = int(state["pass_index"]), int(state["batch_index"]), None
+        self.close()
+        self.pass_index, self.batch_index = int(state["pass_index"]), int(state["batch_index"])
+
+
+def pass_order(num_items: int, seed: int, stream: int, pass_index: int) -> list[int]:
+    """The item order of one pass of a stream (what the loaders iterate; for tests and inspection)."""
+    sampler = EpochSampler(num_items, stream_seed(seed, stream))
+    sampler.set_epoch(pass_index)
+    return [int(index) for _, index in sampler]

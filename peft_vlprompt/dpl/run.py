@@ -37,8 +37,17 @@ RUN_RULES = {"class_chunk_size": {"min": 1}, "text_candidates": {"item_min": 0, 
              "vision_candidates": {"item_min": 0, "items": "lengths"}, "subnet_init_std": {"gt": 0}}  # fmt: skip
 SEARCH_RULES = {
     **dict.fromkeys(
-        ("num_epochs", "batch_size", "val_batch_size", "max_steps", "checkpoint_every", "log_every"), {"min": 1}
-    ),
+        (
+            "num_epochs",
+            "batch_size",
+            "val_batch_size",
+            "max_steps",
+            "checkpoint_every",
+            "checkpoints_total_limit",
+            "log_every",
+        ),
+        {"min": 1},
+    ),  # fmt: skip
     **dict.fromkeys(("lr", "alpha_lr", "max_grad_norm"), {"gt": 0}),
     **dict.fromkeys(("momentum", "weight_decay", "warmup_lr", "alpha_weight_decay", "warmup_epochs"), {"min": 0}),
 }  # alpha_beta1/2 in [0, 1): DPLSearchArguments checks them
@@ -66,6 +75,17 @@ class DPLRunArguments:
         },
     )
     class_chunk_size: int = field(default=256, metadata={"help": "Classes per text-tower call."})
+    # -- engine (as examples/train.py) -----------------------------------------------------------------------------
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={"help": "'no' or 'bf16' (fp16's gradient scaler is not supported by the search); default: the "
+                  "`accelerate launch` setting.", "choices": ("no", "bf16")},
+    )  # fmt: skip
+    with_tracking: bool = field(default=False, metadata={"help": "Log losses, alpha entropy and lengths to trackers."})
+    report_to: str = field(
+        default="all", metadata={"help": "Tracker(s) for --with_tracking, comma-separated, or 'all' (installed)."}
+    )
+    tracker_project_name: str = field(default="peft_vlprompt_dpl", metadata={"help": "Trackers' project name."})
     # -- search space (DPLSearchConfig) ---------------------------------------------------------------------------
     text_candidates: list[int] = field(
         default_factory=lambda: list(range(7)), metadata={"help": "Text prompt lengths searched per layer."}
@@ -94,8 +114,18 @@ class DPLRunArguments:
             raise ValueError(f"`subsample` must be one of {SUBSAMPLES}, got {self.subsample!r}")
         if self.shots != -1 and self.shots < 1:
             raise ValueError(f"`shots` must be >= 1 or -1 (all images), got {self.shots}")
+        if self.mixed_precision not in (None, "no", "bf16"):
+            raise ValueError(f"`mixed_precision` must be 'no' or 'bf16' (fp16's gradient scaler is not supported by "
+                             f"the search), got {self.mixed_precision!r}")  # fmt: skip
+        self.trackers()  # a bad --report_to fails when parsed
         if self.subnet_text_input not in TEXT_INPUTS:
             raise ValueError(f"`subnet_text_input` must be one of {TEXT_INPUTS}, got {self.subnet_text_input!r}")
+
+    def trackers(self) -> list[str]:
+        """`report_to` as accelerate's `log_with`."""
+        from ..training.cli_names import parse_trackers
+
+        return parse_trackers(self.report_to)
 
     def search_config(self) -> DPLSearchConfig:
         return DPLSearchConfig(
@@ -204,12 +234,21 @@ def main(argv: list[str] | None = None) -> dict:
 def run_search(run_args: DPLRunArguments, search_args: DPLSearchArguments) -> dict:
     """`main` with parsed arguments (checked again here: `check_args` is cheap and loads nothing)."""
     from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
 
     from ..data import load_task, make_transform
     from ..training.build import load_clip
+    from ..training.data import AugmentedViews
+    from ..training.trackers import check_trackers, start_trackers
 
     search_config = check_args(run_args, search_args)  # before anything is loaded
-    accelerator = Accelerator()
+    check_trackers(run_args)
+    accelerator = Accelerator(
+        mixed_precision=run_args.mixed_precision,
+        log_with=run_args.trackers() if run_args.with_tracking else None,
+        project_config=ProjectConfiguration(project_dir=run_args.output_dir),
+    )
+    start_trackers(accelerator, run_args)
     task = load_task(
         run_args.dataset,
         run_args.data_dir,
@@ -224,8 +263,9 @@ def run_search(run_args: DPLRunArguments, search_args: DPLSearchArguments) -> di
             f"{'no' if task.val is None else 'an empty'} val split; use a dataset with a val split"
         )
     clip, tokenizer, image_processor = load_clip(run_args.model)  # after the data, whose errors come first
-    # training images take the random crop/flip (from the global torch RNG, saved in checkpoints); val the test view
-    train = task.train.with_transform(make_transform(image_processor, train=True))
+    # training images take the random crop/flip seeded per (seed, epoch, image), as in the training loop, so a
+    # resumed search sees the same views whatever was drawn before; val the test view
+    train = AugmentedViews(task.train, make_transform(image_processor, train=True), search_args.seed)
     val = task.val.with_transform(make_transform(image_processor, train=False))
 
     torch.manual_seed(search_args.seed)  # the supernet's alpha and prompt initialisation
@@ -238,7 +278,9 @@ def run_search(run_args: DPLRunArguments, search_args: DPLSearchArguments) -> di
         task.name, len(train), len(val), task.num_classes, search_config.text_candidates,
         search_config.vision_candidates,
     )  # fmt: skip
-    search = DPLSearch(model, classifier, train, val, search_args, run_args.output_dir, accelerator=accelerator)
+    search = DPLSearch(
+        model, classifier, train, val, search_args, run_args.output_dir, accelerator=accelerator, keyed_train=True
+    )
     if run_args.resume_from_checkpoint:
         search.resume(run_args.resume_from_checkpoint)
     search.run()
@@ -262,4 +304,6 @@ def run_search(run_args: DPLRunArguments, search_args: DPLSearchArguments) -> di
             f" --data_dir {run_args.data_dir}" if run_args.data_dir else "",
         )  # fmt: skip
     accelerator.wait_for_everyone()
+    if run_args.with_tracking:
+        accelerator.end_training()
     return result

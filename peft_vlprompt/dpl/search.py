@@ -11,6 +11,10 @@ Only the parameters being updated require gradients in each half-step, so no bac
 The processes of a multi-process run average their gradients with an all-reduce before each optimizer step (the
 model is not wrapped in DDP: the two half-steps differentiate different parameters).
 
+The engine is the training loop's: DataLoaders prepared by the accelerator over its `EpochSampler` (`batches.py`),
+`skip_first_batches` on resume, the accelerator's autocast (bf16; fp16's gradient scaler is refused), and
+`accelerator.log` for the losses, each layer's alpha entropy and its current argmax length.
+
 Checkpoints are the training loop's (`peft_vlprompt.training.checkpoint.CheckpointManager`):
 `<output_dir>/checkpoints/checkpoint_<n>/` in JSON + safetensors (never unpickled), published complete by a rename
 with a manifest, `latest` = the newest complete one, rotation to `checkpoints_total_limit` after publishing. One holds
@@ -20,6 +24,7 @@ reproduces the uninterrupted run bit for bit. The older format (`checkpoint-<ste
 `torch.save`) is refused with a message, never loaded.
 """
 
+import contextlib
 import logging
 import math
 import os
@@ -33,7 +38,7 @@ import torch.nn.functional as F
 from ..finite import check_training_step
 from ..training.checkpoint import CheckpointManager, TrainingState, check_checkpoint, resolve_checkpoint
 from ..tuners.dpl import DPLSearchConfig, alpha_parameters, prompt_parameters
-from .batches import TRAIN_STREAM, VAL_STREAM, CyclingBatches, pass_batches
+from .batches import TRAIN_STREAM, VAL_STREAM, CyclingLoader, end, epoch_batches, search_loader
 from .export import alpha_summary
 
 logger = logging.getLogger(__name__)
@@ -180,12 +185,16 @@ class DPLSearch:
         model: `PeftModel` whose active adapter is a `DPLSearchConfig`.
         classifier: `PromptClassifier` over that model (class names, template); its forward gives the logits.
         train_dataset / val_dataset: map-style datasets whose items `collate_fn` stacks into
-            `{"pixel_values", "labels"}` (e.g. `datasets.Dataset.with_transform(make_transform(...))`).
+            `{"pixel_values", "labels"}`. Items must not draw from a global RNG (accelerate's DataLoader reads one
+            batch ahead, so a resume could not replay such draws): for random augmentation pass
+            `peft_vlprompt.training.data.AugmentedViews` (crop and flip seeded per epoch and image) with
+            `keyed_train=True`; the validation data takes the test transform.
         args: `DPLSearchArguments`.
         output_dir: where checkpoints go.
         accelerator: an `accelerate.Accelerator` (device, autocast, processes); None: one process on the model's
             device.
         collate_fn: stacks a list of items into a batch (default `peft_vlprompt.data.collate`).
+        keyed_train: `train_dataset` takes `(epoch, index)` keys, as `AugmentedViews` does (default: an index).
         generators: extra `torch.Generator`s the data pipeline draws from (e.g. a transform's), saved and restored
             with the checkpoints; the global Python/NumPy/torch RNGs are always saved.
         adapter_name: the supernet adapter.
@@ -208,6 +217,7 @@ class DPLSearch:
         collate_fn: Callable | None = None,
         generators: Sequence[torch.Generator] = (),
         adapter_name: str = "default",
+        keyed_train: bool = False,
     ) -> None:
         config = getattr(model, "peft_config", {}).get(adapter_name)
         if not isinstance(config, DPLSearchConfig):
@@ -226,10 +236,9 @@ class DPLSearch:
         if collate_fn is None:
             from ..data import collate as collate_fn
         self.model, self.classifier, self.args = model, classifier, args
-        self.train_dataset, self.collate_fn = train_dataset, collate_fn
+        self.collate_fn = collate_fn
         self.output_dir = Path(output_dir)
         self.accelerator, self.generators, self.adapter_name = accelerator, list(generators), adapter_name
-        self.rank = accelerator.process_index if accelerator is not None else 0
         self.world_size = accelerator.num_processes if accelerator is not None else 1
         self.alphas = alpha_parameters(model, adapter_name)
         self.prompts = prompt_parameters(model, adapter_name)
@@ -242,15 +251,15 @@ class DPLSearch:
         self.prompt_optimizer = torch.optim.SGD(
             self.prompts, lr=prompt_lr(0, args), momentum=args.momentum, weight_decay=args.weight_decay
         )
-        self.val_batches = CyclingBatches(
-            val_dataset,
-            args.val_batch_size or args.batch_size,
-            collate_fn,
-            seed=args.seed,
-            stream=VAL_STREAM,
-            rank=self.rank,
-            world_size=self.world_size,
-        )
+        # DataLoaders through `accelerator.prepare`, as the training loop's: process r takes every N-th batch
+        self.train_loader, self.train_sampler = search_loader(
+            train_dataset, args.batch_size, collate_fn, seed=args.seed, stream=TRAIN_STREAM, keyed=keyed_train,
+            drop_last=True, accelerator=accelerator,
+        )  # fmt: skip
+        self.val_batches = CyclingLoader(*search_loader(
+            val_dataset, args.val_batch_size or args.batch_size, collate_fn, seed=args.seed, stream=VAL_STREAM,
+            keyed=False, drop_last=False, accelerator=accelerator,
+        ))  # fmt: skip
         self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
         self.history: list[dict] = []
         self._saved_step: int | None = None  # the step of the last checkpoint written or resumed from
@@ -268,7 +277,7 @@ class DPLSearch:
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         pixels = batch["pixel_values"].to(self._device())
         labels = batch["labels"].to(self._device())
-        autocast = self.accelerator.autocast() if self.accelerator is not None else _null_context()
+        autocast = self.accelerator.autocast() if self.accelerator is not None else contextlib.nullcontext()
         with autocast:
             logits = self.classifier(pixels)
         return F.cross_entropy(logits.float(), labels)
@@ -308,18 +317,6 @@ class DPLSearch:
         return {"val_loss": val_loss, "train_loss": train_loss}
 
     # -- the loop ------------------------------------------------------------------------------------------------
-    def train_batches(self, epoch: int) -> list[list[int]]:
-        return pass_batches(
-            len(self.train_dataset),
-            self.args.batch_size,
-            seed=self.args.seed,
-            stream=TRAIN_STREAM,
-            pass_index=epoch,
-            drop_last=True,
-            rank=self.rank,
-            world_size=self.world_size,
-        )
-
     def done(self) -> bool:
         return self.epoch >= self.args.num_epochs or (
             self.args.max_steps is not None and self.global_step >= self.args.max_steps
@@ -328,24 +325,33 @@ class DPLSearch:
     def run(self) -> list[dict]:
         """Search until `num_epochs` (or `max_steps`); returns the per-step loss history of this call."""
         start = len(self.history)
-        while not self.done():
-            lr = prompt_lr(self.epoch, self.args)
-            for group in self.prompt_optimizer.param_groups:
-                group["lr"] = lr
-            batches = self.train_batches(self.epoch)
-            while self.batch_in_epoch < len(batches) and not self.done():
-                indices = batches[self.batch_in_epoch]
-                losses = self.step(self.collate_fn([self.train_dataset[i] for i in indices]))
-                self.batch_in_epoch += 1
-                self.global_step += 1
-                self.history.append({"epoch": self.epoch, "step": self.global_step, "lr": lr, **losses})
-                if self.global_step % self.args.log_every == 0:
-                    self._log(lr, losses)
-                if self.args.checkpoint_every and self.global_step % self.args.checkpoint_every == 0:
-                    self.save_checkpoint()
-            if self.batch_in_epoch >= len(batches):
-                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-        self.save_checkpoint()
+        try:
+            while not self.done():
+                lr = prompt_lr(self.epoch, self.args)
+                for group in self.prompt_optimizer.param_groups:
+                    group["lr"] = lr
+                per_epoch = len(self.train_loader)
+                # on resume, `skip_first_batches` drops the batches this epoch already used
+                loader = epoch_batches(self.train_loader, self.train_sampler, self.epoch, self.batch_in_epoch)
+                try:
+                    for batch in loader:
+                        losses = self.step(batch)
+                        self.batch_in_epoch += 1
+                        self.global_step += 1
+                        self.history.append({"epoch": self.epoch, "step": self.global_step, "lr": lr, **losses})
+                        if self.global_step % self.args.log_every == 0:
+                            self._log(lr, losses)
+                        if self.args.checkpoint_every and self.global_step % self.args.checkpoint_every == 0:
+                            self.save_checkpoint()
+                        if self.done():
+                            break
+                finally:
+                    end(loader)  # a loader left early stays registered in accelerate's GradientState otherwise
+                if self.batch_in_epoch >= per_epoch:
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            self.save_checkpoint()
+        finally:
+            self.val_batches.close()
         return self.history[start:]
 
     def _log(self, lr: float, losses: dict[str, float]) -> None:
@@ -388,11 +394,3 @@ class DPLSearch:
         self._saved_step = self.global_step
         logger.info("resumed the DPL search from %s (step %d)", path, self.global_step)
         return path
-
-
-class _null_context:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
