@@ -21,6 +21,19 @@ from tests.test_training_fixtures import CLASSNAMES, COUNTS, make_imagefolder, s
 SHOTS = 2
 
 
+@pytest.fixture(autouse=True)
+def _registry_left_as_found():
+    """The runs register their sources (as the command line does in its own process): removed after each test, so
+    other tests see the registry they expect."""
+    from peft_vlprompt.data import DATASET_SPECS, hf_datasets
+
+    before = set(DATASET_SPECS)
+    yield
+    for name in set(DATASET_SPECS) - before:
+        DATASET_SPECS.pop(name)
+        hf_datasets._SOURCES.pop(name, None)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("tiny_clip"))
