@@ -302,3 +302,47 @@ def test_extra_generators_are_restored_per_process(tmp_path):
     with pytest.raises(ValueError, match=r"holds 1 extra generator state\(s\), this run has 0"):
         model, clf = supernet()
         DPLSearch(model, clf, NoisyImages(4, 1), NoisyImages(2, 2), DPLSearchArguments(), tmp_path).resume("latest")
+
+
+@pytest.mark.slow
+def test_sigkills_at_checkpoint_file_operations_resume_to_the_same_search(tmp_path):
+    """SIGKILLs at random file operations of the search's checkpoint saves and rotation (writes, torn writes, renames,
+    fsyncs, deletions); re-run as a user would (`latest` once a checkpoint is complete), the search ends with the
+    alpha and prompts of an uninterrupted one, bit for bit."""
+    import random
+
+    from safetensors.torch import load_file, save_file
+
+    from tests.test_crash_safety import Faults, complete, forked, killed
+
+    def params(search) -> dict:
+        tensors = alpha_parameters(search.model) + prompt_parameters(search.model)
+        return {str(i): t.detach().contiguous() for i, t in enumerate(tensors)}
+
+    settings = dict(checkpoint_every=2, checkpoints_total_limit=1)  # 4 checkpoints of 8 steps, rotated
+    reference = make_search(tmp_path / "reference", **settings)
+    reference.run()
+    rng, want, resumed, chains = random.Random(5), params(reference), 0, 0
+    while resumed < 6:  # chains of runs, each killed until one completes
+        out, kills = tmp_path / f"chain{chains}", 0
+        while True:
+            resume = bool(complete(out))
+            faults = Faults(rng.randint(1, 40), torn=rng.random() < 0.5)
+
+            def run(faults=faults, resume=resume, out=out):
+                faults.install()
+                search = make_search(out, **settings)
+                if resume:
+                    search.resume("latest")
+                search.run()
+                save_file(params(search), str(out / "final.safetensors"))
+
+            if not killed(forked(run)):
+                break
+            kills, resumed = kills + 1, resumed + resume
+            assert kills < 100
+        got = load_file(out / "final.safetensors")
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), chains
+        assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint_3"]
+        assert not [p.name for p in out.rglob(".*")]  # no temp file or folder left behind
+        chains += 1

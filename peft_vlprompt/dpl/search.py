@@ -36,7 +36,13 @@ import torch
 import torch.nn.functional as F
 
 from ..finite import check_training_step
-from ..training.checkpoint import CheckpointManager, TrainingState, check_checkpoint, resolve_checkpoint
+from ..training.checkpoint import (
+    CheckpointManager,
+    TrainingState,
+    check_checkpoint,
+    clean_stale_temps,
+    resolve_checkpoint,
+)
 from ..tuners.dpl import DPLSearchConfig, alpha_parameters, prompt_parameters
 from .batches import TRAIN_STREAM, VAL_STREAM, CyclingLoader, end, epoch_batches, search_loader
 from .export import alpha_summary
@@ -269,6 +275,8 @@ class DPLSearch:
             state=SearchState(self, peft_type), adapter_config=config.to_dict(), total_limit=args.checkpoints_total_limit,
             extra={"alpha_optimizer": self.alpha_optimizer}, generators=self.generators, adapter_name=adapter_name,
         )  # fmt: skip
+        if self.checkpoints.accelerator.is_main_process:  # hidden leftovers of a killed run (logged)
+            clean_stale_temps(self.output_dir)
 
     # -- one step ------------------------------------------------------------------------------------------------
     def _device(self) -> torch.device:
