@@ -33,10 +33,17 @@ import logging
 import os
 import sys
 import types
+import typing
 import warnings
 
 # the arguments are parsed and checked with the standard library only, so `--help` and a mistyped flag answer at once
 _LIGHT = ("peft_vlprompt", "peft_vlprompt.training")
+
+
+def refuse(error: Exception) -> typing.NoReturn:
+    """End a run our own checks refused like argparse ends a bad flag: one line on stderr, status 2, no traceback."""
+    print(f"examples/train.py: error: {error}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def parse_and_check(argv: list[str]):
@@ -58,8 +65,8 @@ def parse_and_check(argv: list[str]):
         args = parse_args(argv)
         resolve_method(args, apply_config_file(args))
         check_paths(args)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"examples/train.py: error: {e}") from None
+    except (ValueError, TypeError, FileNotFoundError) as e:  # FieldTypeError is both
+        refuse(e)
     finally:
         loaded = [m for m in sys.modules if m.startswith("peft_vlprompt.") and m not in _LIGHT]
         for name in stubs:  # the real package imports now; the light modules loaded above are reused as they are
@@ -108,7 +115,12 @@ if __name__ == "__main__":
     args = parse_and_check(sys.argv[1:])
     quiet_third_party()
     from peft_vlprompt.training import format_results, train
+    from peft_vlprompt.training.loop import check_run
 
+    try:  # the checks that need the package (dataset names, checkpoints, adapter settings); `train` repeats them
+        check_run(args)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        refuse(e)
     results = train(args)
     if main_process:
         logging.getLogger("train").info("results\n%s", format_results(results))

@@ -294,7 +294,11 @@ class TrainArguments:
         shown="no checkpoints",
     )
     checkpoints_total_limit: int | None = _f(
-        None, "Keep only the newest N checkpoints (older ones are deleted).", shown="keep all", min=1
+        None,
+        "Keep only the newest N checkpoints: older ones are deleted only after the new one is complete, so a crash "
+        "never leaves fewer than one complete checkpoint.",
+        shown="keep all",
+        min=1,
     )
     resume_from_checkpoint: str | None = _f(
         None,

@@ -56,7 +56,13 @@ from .data import AugmentedViews, CachedViews, EpochSampler, KeyedViews, collate
 from .evaluation import Evaluator, make_eval_loader
 from .hooks import epoch_end_hooks, image_conditioned
 from .inputs import apply_config_file, check_paths, read_class_names
-from .method_checks import check_adapter_settings, check_method_config, resolve_method
+from .method_checks import (
+    check_adapter_settings,
+    check_method_config,
+    check_user_depths,
+    resolve_method,
+    user_adapter_settings,
+)
 from .methods import BuildContext, MethodSpec, get_method
 from .objectives import Objective, StepInputs
 from .presets import PresetContext, apply_preset, get_preset
@@ -153,9 +159,12 @@ def _train_loader(args, task, image_processor, classifier, accelerator, cache: b
         num_views = args.num_views
         dataset = CachedViews(_encode_views(views, num_views, classifier, accelerator, args), task.train["label"])
     sampler = EpochSampler(len(dataset), args.seed, num_views=num_views)
+    # its own generator: starting an iterator (a resume inside an epoch starts one more) then draws no global random
+    # number, so model randomness (CLIP-LoRA's dropout) continues exactly from a checkpoint's RNG state
     loader = DataLoader(dataset, sampler=sampler, batch_size=args.batch_size, collate_fn=collate_train,
                         drop_last=len(dataset) >= args.batch_size * accelerator.num_processes,
-                        num_workers=args.dataloader_num_workers)  # fmt: skip
+                        num_workers=args.dataloader_num_workers,
+                        generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
     return loader, sampler
 
 
@@ -206,8 +215,9 @@ def _register_dataset_source(args: TrainArguments) -> None:
                             label_column=args.label_column, classnames=names)  # fmt: skip
 
 
-def train(args: TrainArguments) -> dict:
-    """Run one experiment; returns the results also written to `<output_dir>/all_results.json`."""
+def check_run(args: TrainArguments) -> tuple[MethodSpec, dict | None, Path | None]:
+    """Every check of a run that loads neither data nor a model: `(method, --config adapter dict, checkpoint to resume
+    from)`. `train` starts with it; `examples/train.py` calls it first to end a refused run with one line."""
     spec, adapter_dict = _resolve_method(args)
     check_optimizer_args(spec, args)
     check_regularisers(spec, args)
@@ -216,8 +226,6 @@ def train(args: TrainArguments) -> dict:
     _check_adapter_settings(spec, adapter_dict, args)
     _check_device_options(args)
     check_trackers(args)
-    if args.torch_threads is not None:
-        torch.set_num_threads(args.torch_threads)
     if args.output_dir is None:
         args.output_dir = args.default_output_dir()
     _register_dataset_source(args)
@@ -228,7 +236,14 @@ def train(args: TrainArguments) -> dict:
         check_checkpoint(resume_dir, spec.name, _expected_peft_type(spec, adapter_dict))
     if spec.trains:  # a fresh run into an earlier run's checkpoints fails now, not after an epoch
         check_output_dir(args.output_dir, resuming=resume_dir is not None)
+    return spec, adapter_dict, resume_dir
 
+
+def train(args: TrainArguments) -> dict:
+    """Run one experiment; returns the results also written to `<output_dir>/all_results.json`."""
+    spec, adapter_dict, resume_dir = check_run(args)
+    if args.torch_threads is not None:
+        torch.set_num_threads(args.torch_threads)
     if spec.optimizer == "closed_form":  # linear probes: no adapter, no gradient loop
         from ..baselines.probe_run import run_probe
 
@@ -267,14 +282,19 @@ def train(args: TrainArguments) -> dict:
     config = None
     if spec.trains:
         ctx = BuildContext(ClipBackbone.from_model(clip), task.template, task.num_classes, task.name)
+        if adapter_dict is None:  # a user's depth deeper than the model is an error; a preset's is clipped (logged)
+            check_user_depths(spec, args, ctx.backbone.text_layers, ctx.backbone.vision_layers)
         if adapter_dict is not None:
             config = config_from_dict(adapter_dict, args.adapter_overrides())
         else:
             cls = spec.resolved_config_class()
-            config = spec.build_config(cls, preset.adapter | args.adapter_overrides(), ctx)
-        if getattr(config, "class_specific", False) and args.protocol != "few_shot":
+            config = spec.build_config(cls, user_adapter_settings(spec, preset, args), ctx)
+        # shared CSC (`class_specific` with `ctx_init` and `class_specific_init="shared"`) is one context for all
+        per_class = getattr(config, "per_class_context", getattr(config, "class_specific", False))
+        if per_class and args.protocol != "few_shot":
             raise ValueError(f"class-specific context cannot be evaluated on other classes: protocol "
-                             f"{args.protocol!r} needs `class_specific=False`")  # fmt: skip
+                             f"{args.protocol!r} needs `class_specific=False` (or `ctx_init` with "
+                             "`class_specific_init='shared'`)")  # fmt: skip
         check_method_config(spec, config)
         if resume_dir is not None:
             check_resume_adapter(resume_dir, config.to_dict())
