@@ -240,3 +240,19 @@ def test_loop_runs_clip_lora_with_prograd_and_kgcoop(model_dir, tmp_path):
 def test_regularisers_are_refused_where_meaningless(model_dir, tmp_path, method, flag, match):
     with pytest.raises(ValueError, match=flag.lstrip("-") + ".*" + match):
         main(base_args(model_dir, tmp_path / "x", method, flag, "1.0"))
+
+
+@pytest.mark.slow
+def test_resume_inside_an_epoch_is_bit_identical_with_lora_dropout(model_dir, tmp_path):
+    """Dropout draws from the global RNG: resuming must not shift it (the training DataLoader has its own
+    generator, so starting the resumed epoch's iterator draws nothing)."""
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    main(base_args(model_dir, tmp_path / "full", "clip_lora", "--no_eval_zero_shot"))
+    part = ["--no_eval_zero_shot", "--checkpointing_steps", "3"]
+    main(base_args(model_dir, tmp_path / "part", "clip_lora", *part, "--max_train_steps", "3"))  # stops in epoch 1
+    main(base_args(model_dir, tmp_path / "part", "clip_lora", *part, "--resume_from_checkpoint", "latest"))
+    full = load_file(tmp_path / "full" / "adapter" / "adapter_model.safetensors")
+    resumed = load_file(tmp_path / "part" / "adapter" / "adapter_model.safetensors")
+    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)

@@ -28,7 +28,12 @@ from peft_vlprompt.training import main as train_main
 
 logger = logging.getLogger("methods_table")
 
-METHODS = ["zeroshot", "coop", "cocoop", "prograd", "kgcoop", "ivlp", "maple", "promptsrc", "restore", "dpl"]
+METHODS = ["zeroshot", "coop", "cocoop", "prograd", "kgcoop", "ivlp", "maple", "promptsrc", "restore", "dpl",
+           "clip_lora", "clip_lora+prograd", "linear_probe", "linear_probe_text"]  # fmt: skip
+# table rows that are a method with extra flags
+METHOD_FLAGS = {"clip_lora+prograd": ["--method", "clip_lora", "--prograd_lambda", "1.0"]}
+# fitted on frozen features (L-BFGS, L2 chosen on validation): no training schedule; base accuracy only
+PROBES = ("linear_probe", "linear_probe_text")
 DG_TARGETS = [toy_dataset_name("objects", d) for d in list_domains() if d != DEFAULT_DOMAIN]
 CROSS_TARGETS = ["toy_shapes", "toy_colors"]
 DPL_SEARCH_COMMAND = (
@@ -49,9 +54,11 @@ def run(method: str, protocol: str, seed: int, args, extra: list[str]) -> dict:
     if args.only_existing:
         return None
     dataset = BASE2NEW.get(protocol, "toy_objects")
-    argv = ["--method", method, "--dataset", dataset, "--seed", str(seed), "--shots", str(args.shots)]
-    argv += ["--output_dir", str(out), "--num_epochs", str(args.num_epochs), "--batch_size", str(args.batch_size)]
-    argv += ["--train_crop_scale", *map(str, args.train_crop_scale), "--torch_threads", str(args.torch_threads)]
+    argv = [*METHOD_FLAGS.get(method, ["--method", method]), "--dataset", dataset, "--seed", str(seed)]
+    argv += ["--shots", str(args.shots), "--output_dir", str(out), "--torch_threads", str(args.torch_threads)]
+    if method not in PROBES:
+        argv += ["--num_epochs", str(args.num_epochs), "--batch_size", str(args.batch_size)]
+        argv += ["--train_crop_scale", *map(str, args.train_crop_scale)]
     if protocol in BASE2NEW:
         argv += ["--protocol", "base2new"]
     else:
@@ -98,7 +105,12 @@ def base2new_rows(runs_by_method: dict) -> list[str]:
 
 
 def command_line(args) -> str:
-    command = f"python examples/toy/methods_table.py --seeds {' '.join(map(str, args.seeds))}"
+    command = "python examples/toy/methods_table.py"
+    if list(args.methods) != METHODS:
+        command += f" --methods {' '.join(args.methods)}"
+    if list(args.protocols) != PROTOCOLS:
+        command += f" --protocols {' '.join(args.protocols)}"
+    command += f" --seeds {' '.join(map(str, args.seeds))}"
     if args.transfer_seeds:
         command += f" --transfer_seeds {' '.join(map(str, args.transfer_seeds))}"
     command += f" --num_epochs {args.num_epochs} --batch_size {args.batch_size} --shots {args.shots}"
@@ -150,10 +162,9 @@ def write_table(results: dict[str, dict], args) -> str:
         cells = [
             mean_std([r["target_accuracy"][t] for r in runs if t in r.get("target_accuracy", {})]) for t in targets
         ]
-        dg = [statistics.mean(r["target_accuracy"][t] for t in DG_TARGETS) for r in runs if "target_accuracy" in r]
-        cross = [
-            statistics.mean(r["target_accuracy"][t] for t in CROSS_TARGETS) for r in runs if "target_accuracy" in r
-        ]
+        scored = [r["target_accuracy"] for r in runs if "target_accuracy" in r]  # a probe has no cross-task scores
+        dg = [statistics.mean(s[t] for t in DG_TARGETS) for s in scored if all(t in s for t in DG_TARGETS)]
+        cross = [statistics.mean(s[t] for t in CROSS_TARGETS) for s in scored if all(t in s for t in CROSS_TARGETS)]
         lines.append(
             f"| {method} | {len(source)} | {mean_std(source)} | "
             + " | ".join(cells)
@@ -174,7 +185,7 @@ def plot(results: dict[str, dict], path: Path) -> None:
         for method, runs in results[protocol].items():
             base = [r["base_accuracy"] for r in runs if "base_accuracy" in r]
             new = [r["new_accuracy"] for r in runs if "new_accuracy" in r]
-            if not base:
+            if not base or not new:  # probes: no new-class classifier
                 continue
             xerr = statistics.stdev(base) if len(base) > 1 else 0
             yerr = statistics.stdev(new) if len(new) > 1 else 0
