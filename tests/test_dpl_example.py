@@ -72,6 +72,9 @@ def test_search_then_train_the_found_config(tiny_world, tmp_path):
         ["--dataset", NAME, "--num_epochs", "3", "--warmup_epochs", "0", "--resume_from_checkpoint", "latest", *common]
     )
     assert longer["steps"] == 18
+    resume_other = [*common[:3], "2", *common[4:], "--dataset", NAME, "--warmup_epochs", "0"]  # --shots 2, not 4
+    with pytest.raises(ValueError, match=r"belongs to another search: `shots` was 4, now 2\."):  # resuming repeats
+        search_main([*resume_other, "--resume_from_checkpoint", "latest"])
 
     from peft_vlprompt.training import main as train_main
 

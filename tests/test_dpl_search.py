@@ -246,6 +246,19 @@ def test_another_methods_checkpoint_is_refused(tmp_path):
         make_search(tmp_path).resume(state_file.parent)
 
 
+def test_resuming_with_other_search_settings_is_refused_naming_them(tmp_path):
+    make_search(tmp_path, max_steps=2).run()
+    with pytest.raises(ValueError, match=r"belongs to another search: `lr` was 0.05, now 0.1; `seed` was 1, now 2\."):
+        make_search(tmp_path, lr=0.1, seed=2).resume("latest")
+    model = get_peft_model(tiny_clip(), DPLSearchConfig(**{**CONFIG, "mixing": "naive"}))
+    other = DPLSearch(model, PromptClassifier(model, tokenizer(), CLASSNAMES), NoisyImages(8, 1), NoisyImages(3, 2),
+                      make_search(tmp_path / "x").args, tmp_path)  # fmt: skip
+    with pytest.raises(ValueError, match=r"`mixing` was 'efficient', now 'naive'"):
+        other.resume("latest")
+    longer = make_search(tmp_path, num_epochs=3, log_every=1, checkpoints_total_limit=1)  # how long: may change
+    assert longer.resume("latest").name == "checkpoint_0" and longer.global_step == 2
+
+
 def test_alpha_entropy_and_argmax_lengths_go_to_the_trackers(tmp_path):
     from accelerate import Accelerator
     from accelerate.tracking import GeneralTracker
@@ -301,7 +314,8 @@ def test_extra_generators_are_restored_per_process(tmp_path):
     assert torch.equal(torch.rand(3, generator=other), expected)
     with pytest.raises(ValueError, match=r"holds 1 extra generator state\(s\), this run has 0"):
         model, clf = supernet()
-        DPLSearch(model, clf, NoisyImages(4, 1), NoisyImages(2, 2), DPLSearchArguments(), tmp_path).resume("latest")
+        args = DPLSearchArguments(num_epochs=1, batch_size=2)
+        DPLSearch(model, clf, NoisyImages(4, 1), NoisyImages(2, 2), args, tmp_path).resume("latest")
 
 
 @pytest.mark.slow

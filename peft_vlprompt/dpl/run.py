@@ -35,6 +35,7 @@ SUBSAMPLES = ("all", "base")
 # ranges of the fields (kept out of the fields' metadata, which HfArgumentParser hands to argparse)
 RUN_RULES = {"class_chunk_size": {"min": 1}, "text_candidates": {"item_min": 0, "items": "lengths"},
              "vision_candidates": {"item_min": 0, "items": "lengths"}, "subnet_init_std": {"gt": 0}}  # fmt: skip
+RUN_IDENTITY = ("model", "dataset", "shots", "subsample", "template")  # what a resumed search must repeat
 SEARCH_RULES = {
     **dict.fromkeys(
         (
@@ -279,8 +280,9 @@ def run_search(run_args: DPLRunArguments, search_args: DPLSearchArguments) -> di
         search_config.vision_candidates,
     )  # fmt: skip
     search = DPLSearch(
-        model, classifier, train, val, search_args, run_args.output_dir, accelerator=accelerator, keyed_train=True
-    )
+        model, classifier, train, val, search_args, run_args.output_dir, accelerator=accelerator, keyed_train=True,
+        run_info={k: getattr(run_args, k) for k in RUN_IDENTITY},  # a resume with another dataset etc. is refused
+    )  # fmt: skip
     if run_args.resume_from_checkpoint:
         search.resume(run_args.resume_from_checkpoint)
     search.run()

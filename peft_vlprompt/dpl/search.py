@@ -25,6 +25,7 @@ reproduces the uninterrupted run bit for bit. The older format (`checkpoint-<ste
 """
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from peft import PeftConfig
 
 from ..finite import check_training_step
 from ..training.checkpoint import (
@@ -49,6 +51,8 @@ from .export import alpha_summary
 
 logger = logging.getLogger(__name__)
 
+# arguments a resumed search may change (how long it runs, how often it checkpoints and logs); any other is refused
+RESUMABLE_CHANGES = {"num_epochs", "max_steps", "checkpoint_every", "checkpoints_total_limit", "log_every"}
 METHOD = "dpl_search"  # recorded in each checkpoint: a training run's checkpoint is refused, and vice versa
 LEGACY_PREFIX, LEGACY_STATE_FILE = "checkpoint-", "search_state.pt"  # the older, pickled format (refused)
 
@@ -164,7 +168,7 @@ class SearchState(TrainingState):
         self.global_step = s.global_step
         return super().state_dict() | {
             "epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch, "val_batches": s.val_batches.state_dict(),
-            "world_size": s.world_size, "search_args": asdict(s.args), "history": s.history,
+            "world_size": s.world_size, "search_args": asdict(s.args), "run_info": s.run_info, "history": s.history,
         }  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
@@ -201,6 +205,8 @@ class DPLSearch:
             device.
         collate_fn: stacks a list of items into a batch (default `peft_vlprompt.data.collate`).
         keyed_train: `train_dataset` takes `(epoch, index)` keys, as `AugmentedViews` does (default: an index).
+        run_info: more values that define the run (e.g. the CLI's dataset, shots, model), recorded in each checkpoint
+            and required to be equal on resume.
         generators: extra `torch.Generator`s the data pipeline draws from (e.g. a transform's), saved and restored
             with the checkpoints; the global Python/NumPy/torch RNGs are always saved.
         adapter_name: the supernet adapter.
@@ -224,6 +230,7 @@ class DPLSearch:
         generators: Sequence[torch.Generator] = (),
         adapter_name: str = "default",
         keyed_train: bool = False,
+        run_info: dict | None = None,
     ) -> None:
         config = getattr(model, "peft_config", {}).get(adapter_name)
         if not isinstance(config, DPLSearchConfig):
@@ -242,7 +249,7 @@ class DPLSearch:
         if collate_fn is None:
             from ..data import collate as collate_fn
         self.model, self.classifier, self.args = model, classifier, args
-        self.collate_fn = collate_fn
+        self.collate_fn, self.run_info = collate_fn, json.loads(json.dumps(run_info or {}))
         self.output_dir = Path(output_dir)
         self.accelerator, self.generators, self.adapter_name = accelerator, list(generators), adapter_name
         self.world_size = accelerator.num_processes if accelerator is not None else 1
@@ -388,6 +395,29 @@ class DPLSearch:
         self._saved_step = self.global_step
         return path
 
+    def _check_same_run(self, path: Path, meta: dict) -> None:
+        """Resuming repeats the run: a search argument (other than how long to run, how often to checkpoint or log)
+        or a supernet field that differs from the checkpoint's is refused, naming the old and the new value."""
+        old_args, new_args = meta.get("search_args", {}), asdict(self.args)
+        changed = [
+            (k, v, new_args.get(k)) for k, v in old_args.items() if k not in RESUMABLE_CHANGES and new_args.get(k) != v
+        ]
+        config = self.model.peft_config[self.adapter_name]
+        own = set(type(config).__dataclass_fields__) - set(PeftConfig.__dataclass_fields__)
+        new_config = json.loads(json.dumps(config.to_dict(), default=str))
+        old_config = meta.get("adapter_config", {})
+        changed += [(k, old_config.get(k), new_config[k]) for k in sorted(own) if old_config.get(k) != new_config[k]]
+        old_info = meta.get("run_info", {})
+        changed += [(k, old_info.get(k), self.run_info.get(k)) for k in sorted(old_info.keys() | self.run_info.keys())
+                    if old_info.get(k) != self.run_info.get(k)]  # fmt: skip
+        if changed:
+            raise ValueError(
+                f"checkpoint {path} belongs to another search: "
+                + "; ".join(f"`{k}` was {old!r}, now {new!r}" for k, old, new in changed)
+                + ". Resume with the same values (only num_epochs, max_steps, checkpoint_every, checkpoints_total_limit "
+                "and log_every may change), or start afresh into another --output_dir"
+            )
+
     def resume(self, checkpoint: str | os.PathLike) -> Path:
         """Restore a checkpoint folder, or `"latest"` (the newest complete one under `<output_dir>/checkpoints`)."""
         refuse_legacy_resume(checkpoint, self.output_dir)
@@ -398,6 +428,7 @@ class DPLSearch:
                 f"checkpoint {path} was written by {meta.get('world_size')} processes, this run has "
                 f"{self.world_size}; resume with the same number of processes"
             )
+        self._check_same_run(path, meta)
         self.checkpoints.load(path)
         self._saved_step = self.global_step
         logger.info("resumed the DPL search from %s (step %d)", path, self.global_step)
