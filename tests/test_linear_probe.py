@@ -94,6 +94,8 @@ def test_loop_probe_reports_base_accuracy_only(model_dir, tmp_path, method):
     assert tensors["weight"].shape[0] == 2 and torch.isfinite(tensors["weight"]).all()  # the 2 base classes
 
 
-def test_training_flags_are_refused_for_a_probe(model_dir, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--momentum", "0.5", "--shots", "-1"]])
+def test_training_flags_are_refused_for_a_probe(model_dir, tmp_path, extra):
+    argv = base_args(model_dir, tmp_path / "x", "linear_probe") + extra
     with pytest.raises(ValueError, match="`num_epochs`.*would be ignored.*L-BFGS"):
-        main(base_args(model_dir, tmp_path / "x", "linear_probe"))
+        main(argv)

@@ -20,8 +20,9 @@ def user_given(args) -> set[str]:
 
 
 def check_optimizer_args(spec, args) -> None:
-    """Refuse SGD-schedule arguments the method's optimizer would ignore (before any load)."""
-    if spec.optimizer == "sgd":
+    """Refuse SGD-schedule arguments the method's optimizer would ignore (before any load). Probes ("closed_form")
+    refuse every training-loop argument themselves (`probe_run.check_probe_args`)."""
+    if spec.optimizer != "adamw":
         return
     ignored = sorted(set(SGD_ONLY) & user_given(args))
     if ignored:
