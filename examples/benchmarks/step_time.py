@@ -267,7 +267,10 @@ def run_methods(args, tokenizer, names, device, dtype=torch.float32, clip=None) 
     paths = args.paths.split(",")
     for method in args.methods.split(","):
         try:
-            runner = Runner(method, args, tokenizer, names, device, dtype, clip)
+            # a fresh copy per method: get_peft_model wraps the model it is given in place
+            runner = Runner(
+                method, args, tokenizer, names, device, dtype, None if clip is None else copy.deepcopy(clip)
+            )
         except Exception as e:  # report and go on: one broken adapter should not hide the others' numbers
             print(f"  {method}: could not build the adapter: {type(e).__name__}: {e}", flush=True)
             continue
@@ -324,7 +327,7 @@ def gpu_suite(args, tokenizer, device) -> dict:
             names = classnames(n_classes)
             for dtype_name, dtype in GPU_DTYPES.items():
                 print(f"{size}, {n_classes} classes, {dtype_name}:", flush=True)
-                rows = run_methods(args, tokenizer, names, device, dtype, clip=copy.deepcopy(clip))
+                rows = run_methods(args, tokenizer, names, device, dtype, clip=clip)
                 results[(size, n_classes, dtype_name)] = rows
         del clip
     print(f"\n{'size':9s} {'classes':>7s} {'dtype':5s} {'method':8s} {'package s':>9s} {'MiB':>7s} {'shared s':>9s} "
