@@ -58,7 +58,7 @@ def parse_and_check(argv: list[str]):
             sys.modules[name] = stub
             stubs.append(name)
     try:
-        from peft_vlprompt.training.args import parse_args
+        from peft_vlprompt.training.parser import parse_args
         from peft_vlprompt.training.inputs import apply_config_file, check_paths
         from peft_vlprompt.training.method_checks import resolve_method
 

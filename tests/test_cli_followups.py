@@ -113,7 +113,7 @@ def test_card_of_shared_csc_says_any_class_names_work():
 
 # -- 8. --checkpoints_total_limit says when older checkpoints go ----------------------------------------------------
 def test_checkpoints_total_limit_help_says_deletion_follows_a_complete_checkpoint():
-    from peft_vlprompt.training.args import build_parser
+    from peft_vlprompt.training.parser import build_parser
 
     text = " ".join(build_parser().format_help().split())
     assert "older ones are deleted only after the new one is complete" in text

@@ -4,7 +4,8 @@
 >>> results = main(["--method", "coop", "--dataset", "dtd", "--data_dir", "/data", "--protocol", "base2new"])  # doctest: +SKIP
 """
 
-from .args import DEFAULT_RUN, PROTOCOLS, TrainArguments, parse_args
+from .args import DEFAULT_RUN, PROTOCOLS, TrainArguments
+from .parser import parse_args
 from .loop import TrainingModule, main, train
 from .methods import METHODS, MethodSpec, available_methods, get_method, register_training_method
 from .metrics import accuracy, harmonic_mean, mean_per_class_accuracy, per_class_accuracy

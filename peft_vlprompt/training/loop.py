@@ -30,7 +30,7 @@ from ..data import make_transform
 from ..finite import check_training_step
 from ..optim import GaussianPromptAggregator, ProGrad
 from ..precision import cast_frozen, frozen_dtype
-from .args import PRESET, TrainArguments, parse_args
+from .args import PRESET, TrainArguments
 from .build import (
     EvalSplit,
     check_dataset_names,
@@ -65,6 +65,7 @@ from .method_checks import (
 )
 from .methods import BuildContext, MethodSpec, get_method
 from .objectives import Objective, StepInputs
+from .parser import parse_args
 from .presets import PresetContext, apply_preset, get_preset
 from .results import assemble_results
 from .run_record import RunState, check_resume_adapter, check_resume_args, run_signature
