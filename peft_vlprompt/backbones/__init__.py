@@ -1,5 +1,20 @@
-"""Backbone adapters: the only code that knows module paths and sizes inside the supported models."""
+"""Backbone adapters: the only code that knows module paths, sizes and model classes of the supported families.
 
+`backbone_for(model)` gives a model's `Backbone`; `load_backbone(path)` loads any supported checkpoint. Each family
+is one file registering a `Backbone` subclass (importing it here registers it)."""
+
+from .base import FAMILIES, Backbone, backbone_for, family_of, load_backbone, register, unwrap_model
 from .clip import ClipBackbone, attention_projections, unwrap_clip
 
-__all__ = ["ClipBackbone", "attention_projections", "unwrap_clip"]
+__all__ = [
+    "FAMILIES",
+    "Backbone",
+    "ClipBackbone",
+    "attention_projections",
+    "backbone_for",
+    "family_of",
+    "load_backbone",
+    "register",
+    "unwrap_clip",
+    "unwrap_model",
+]

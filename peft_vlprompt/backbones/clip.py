@@ -1,13 +1,19 @@
-"""`transformers.CLIPModel`: module paths, sizes and the text pooling rule.
+"""`transformers.CLIPModel` (OpenAI CLIP and checkpoints with its module tree): the `Backbone` of the CLIP family.
 
-Every other module asks this one where things are, so a new backbone (e.g. an open_clip model) is one new file.
+Module paths, sizes, EOT pooling, the shipped BPE tokenizer fallback, and the layer-by-layer text tower that
+`peft_vlprompt.text_prefix` runs. A new family is a file like this one (see `base.py`).
 """
 
+import functools
+import logging
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import CLIPModel
+
+from .base import Backbone, register, unwrap_model
+
+logger = logging.getLogger(__name__)
 
 TOKEN_EMBEDDING = "text_model.embeddings.token_embedding"
 VISION_EMBEDDINGS = "vision_model.embeddings"
@@ -15,57 +21,48 @@ TEXT_PROJECTION = "text_projection"
 VISUAL_PROJECTION = "visual_projection"
 # `CLIPAttention`'s linear layers, by the letter the papers use for them
 ATTENTION_PROJECTIONS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj"}
+_PROBE = "a photo of a X cat."  # a folder's tokenizer must tokenize this like the shipped BPE to be used
+
+unwrap_clip = unwrap_model  # the name the package used before the interface; kept for callers and tests
 
 
-def unwrap_clip(model: nn.Module) -> nn.Module:
-    """Return the `CLIPModel` inside a `PeftModel`, a tuner, a DDP/compiled wrapper, or the model itself."""
-    seen = set()
-    while id(model) not in seen:
-        seen.add(id(model))
-        if isinstance(model, CLIPModel):
-            return model
-        for attr in ("_orig_mod", "module", "base_model", "model"):
-            inner = getattr(model, attr, None)
-            if isinstance(inner, nn.Module) and inner is not model:
-                model = inner
-                break
-        else:
-            break
-    return model
-
-
+@register
 @dataclass(frozen=True)
-class ClipBackbone:
-    """Sizes and module names of a `transformers.CLIPModel`.
+class ClipBackbone(Backbone):
+    """Sizes and module names of a `transformers.CLIPModel` (fields: see `Backbone`).
 
-    Attributes:
-        text_width / vision_width: hidden sizes of the two towers.
-        text_layers / vision_layers: number of encoder layers.
-        projection_dim: size of the joint embedding space.
-        max_positions: the text tower's maximum sequence length (77 for OpenAI CLIP).
-        vocab_size: text vocabulary size (49,408 for CLIP's BPE).
-        num_image_tokens: CLS + patch tokens of the vision tower.
-        eos_token_id: the config's EOS id (2 in legacy OpenAI configs, where pooling takes the argmax id).
-    """
+    eos_token_id is 2 in legacy OpenAI configs, where pooling takes the argmax id (the EOT is the largest id)."""
 
-    text_width: int
-    vision_width: int
-    text_layers: int
-    vision_layers: int
-    projection_dim: int
-    max_positions: int
-    vocab_size: int
-    num_image_tokens: int
-    eos_token_id: int
+    family = "clip"
+    model_type = ("clip",)
+    token_embedding = TOKEN_EMBEDDING
+    vision_embeddings = VISION_EMBEDDINGS
+    text_projection = TEXT_PROJECTION
+    visual_projection = VISUAL_PROJECTION
+    text_tower_path = "text_model"
+    vision_tower_path = "vision_model"
+    attention_projections = ATTENTION_PROJECTIONS
+    text_pooling = "eot_argmax"
+    text_is_causal = True  # `CLIPTextTransformer` always applies a causal mask
+    text_padding = "longest"
+    vision_pooling = "cls"  # pooled = post_layernorm(hidden[:, 0]): prompts appended after the patches never reach it
+    logit_rule = "softmax"
+    placeholder_token = "X"
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        from transformers import CLIPModel
+
+        return isinstance(model, CLIPModel)
 
     @classmethod
     def from_model(cls, model: nn.Module) -> "ClipBackbone":
-        clip = unwrap_clip(model)
-        if not isinstance(clip, CLIPModel):
-            raise TypeError(
-                f"peft_vlprompt supports `transformers.CLIPModel` only, got {type(clip).__name__}; "
-                "load the model with `CLIPModel.from_pretrained(...)`"
-            )
+        from .base import family_of
+
+        clip = unwrap_model(model)
+        if not cls.matches(clip):
+            family_of(clip)  # raises the error naming the supported families (or this is another family's model)
+            raise TypeError(f"{type(clip).__name__} is not a CLIP model: use `backbone_for(model)`")
         text, vision = clip.config.text_config, clip.config.vision_config
         return cls(
             text_width=text.hidden_size,
@@ -79,24 +76,24 @@ class ClipBackbone:
             eos_token_id=text.eos_token_id,
         )
 
-    @staticmethod
-    def text_layer(index: int) -> str:
+    @classmethod
+    def text_layer(cls, index: int) -> str:
         return f"text_model.encoder.layers.{index}"
 
-    @staticmethod
-    def vision_layer(index: int) -> str:
+    @classmethod
+    def vision_layer(cls, index: int) -> str:
         return f"vision_model.encoder.layers.{index}"
 
-    @staticmethod
-    def text_attention(index: int) -> str:
+    @classmethod
+    def text_attention(cls, index: int) -> str:
         return f"text_model.encoder.layers.{index}.self_attn"
 
-    @staticmethod
-    def vision_attention(index: int) -> str:
+    @classmethod
+    def vision_attention(cls, index: int) -> str:
         return f"vision_model.encoder.layers.{index}.self_attn"
 
-    @staticmethod
-    def attention_norm(attention_path: str) -> str:
+    @classmethod
+    def attention_norm(cls, attention_path: str) -> str:
         """The pre-attention LayerNorm (LN1) of the layer owning `attention_path` (prefix prompts are normed by it)."""
         return attention_path.rsplit(".", 1)[0] + ".layer_norm1"
 
@@ -105,6 +102,33 @@ class ClipBackbone:
         if self.eos_token_id == 2:  # legacy configs: EOT is the largest id
             return input_ids.to(torch.int).argmax(dim=-1)
         return (input_ids.to(torch.int) == self.eos_token_id).int().argmax(dim=-1)
+
+    @classmethod
+    def load_tokenizer(cls, path: str):
+        """The folder's CLIP tokenizer if it tokenizes like CLIP's BPE, else the BPE shipped with the package (toy
+        and converted checkpoints often come without vocabulary files)."""
+        from transformers import CLIPTokenizer
+
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(path)
+        except (OSError, ValueError, TypeError):
+            tokenizer = None
+        shipped = shipped_tokenizer()
+        # transformers builds an empty tokenizer from a folder without vocabulary files: check it really tokenizes
+        if tokenizer is None or tokenizer(_PROBE)["input_ids"] != shipped(_PROBE)["input_ids"]:
+            logger.info("%s has no usable CLIP tokenizer; using the CLIP BPE tokenizer shipped with the package", path)
+            return shipped
+        return tokenizer
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_tokenizer():
+    """OpenAI's CLIP tokenizer from the files shipped with the package (no Hub access needed)."""
+    from transformers import CLIPTokenizer
+
+    from ..assets import clip_tokenizer_path
+
+    return CLIPTokenizer.from_pretrained(clip_tokenizer_path())
 
 
 def attention_projections(
@@ -144,7 +168,7 @@ class TextTower:
 
 
 def text_tower(model: nn.Module) -> TextTower:
-    clip = unwrap_clip(model)
+    clip = unwrap_model(model)
     text = clip.text_model
     return TextTower(
         embeddings=text.embeddings,

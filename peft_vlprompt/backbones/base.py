@@ -1,0 +1,208 @@
+"""The backbone interface: everything a method, the classifier or the loop may know about a dual encoder.
+
+A family (CLIP, SigLIP, ...) is one subclass of `Backbone` in its own file under `backbones/`, registered with
+`@register`. Code outside `backbones/` asks `backbone_for(model)` (sizes, module paths, pooling, the logit rule) and
+`load_backbone(path)` (loading), and never names a model class or spells a module path.
+"""
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+FAMILIES: dict[str, type["Backbone"]] = {}  # family name -> its Backbone subclass, in registration order
+
+
+def register(cls: type["Backbone"]) -> type["Backbone"]:
+    """Class decorator adding a family to the registry `backbone_for` and `load_backbone` search."""
+    FAMILIES[cls.family] = cls
+    return cls
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One model's sizes (instance fields) and its family's facts (class attributes and methods).
+
+    Attributes (sizes, read from the model's config):
+        text_width / vision_width: hidden sizes of the two towers.
+        text_layers / vision_layers: number of encoder layers.
+        projection_dim: size of the joint embedding space.
+        max_positions: the text tower's maximum sequence length (77 for OpenAI CLIP).
+        vocab_size: text vocabulary size.
+        num_image_tokens: tokens the vision tower sees before any prompt (CLS + patches for CLIP).
+        eos_token_id: the config's EOS id (used by `eot_index`).
+
+    Class attributes (the family's facts):
+        family: registry name, e.g. "clip".
+        model_type: the transformers `config.model_type` values this family accepts.
+        token_embedding / vision_embeddings / text_projection / visual_projection: module paths from the model root.
+        text_tower_path / vision_tower_path: the towers' roots (every module under them belongs to that tower).
+        attention_projections: the papers' letter (q, k, v, o) -> linear layer name inside an attention module.
+        text_pooling: "eot_argmax" (CLIP: the EOT position), "first_eos", "last" or "head" (a pooling head).
+        text_is_causal: whether text attention is causal (then padding after the EOT cannot change pooled features,
+            so "pad to the longest prompt" is exact; bidirectional families must pad as they were trained).
+        text_padding: "longest" (any padding after the pooled token is fine) or "max_length" (pad to max_positions).
+        vision_pooling: "cls" (the first token; prompts appended after the patches are ignored by pooling, so they
+            need no dropping) or "head" (an attention-pooling head: appended prompts must be dropped before it).
+        logit_rule: "softmax" (logits = scale * cos) or "sigmoid" (scale * cos + bias; `logits` adds the bias).
+        placeholder_token: text standing for one learned context token in prompt strings ("X" as in CoOp).
+    """
+
+    text_width: int
+    vision_width: int
+    text_layers: int
+    vision_layers: int
+    projection_dim: int
+    max_positions: int
+    vocab_size: int
+    num_image_tokens: int
+    eos_token_id: int
+
+    family: ClassVar[str] = ""
+    model_type: ClassVar[tuple[str, ...]] = ()
+    token_embedding: ClassVar[str] = ""
+    vision_embeddings: ClassVar[str] = ""
+    text_projection: ClassVar[str] = ""
+    visual_projection: ClassVar[str] = ""
+    text_tower_path: ClassVar[str] = ""
+    vision_tower_path: ClassVar[str] = ""
+    attention_projections: ClassVar[dict[str, str]] = {}
+    text_pooling: ClassVar[str] = "eot_argmax"
+    text_is_causal: ClassVar[bool] = True
+    text_padding: ClassVar[str] = "longest"
+    vision_pooling: ClassVar[str] = "cls"
+    logit_rule: ClassVar[str] = "softmax"
+    placeholder_token: ClassVar[str] = "X"
+
+    # -- recognising and reading a model -----------------------------------------------------------------------------
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        """Whether `model` (already unwrapped) is a model of this family."""
+        return getattr(getattr(model, "config", None), "model_type", None) in cls.model_type
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> "Backbone":
+        raise NotImplementedError
+
+    # -- module paths ------------------------------------------------------------------------------------------------
+    @classmethod
+    def text_layer(cls, index: int) -> str:
+        raise NotImplementedError
+
+    @classmethod
+    def vision_layer(cls, index: int) -> str:
+        raise NotImplementedError
+
+    @classmethod
+    def text_attention(cls, index: int) -> str:
+        raise NotImplementedError
+
+    @classmethod
+    def vision_attention(cls, index: int) -> str:
+        raise NotImplementedError
+
+    @classmethod
+    def attention_norm(cls, attention_path: str) -> str:
+        """The norm applied before the attention at `attention_path` (prefix prompts are normed by it)."""
+        raise NotImplementedError
+
+    @classmethod
+    def tower_of(cls, path: str) -> str:
+        """"text" or "vision": the tower owning the module at `path` (a projection counts with its tower)."""
+        for tower, roots in (("text", (cls.text_tower_path, cls.text_projection)),
+                             ("vision", (cls.vision_tower_path, cls.visual_projection))):  # fmt: skip
+            if any(path == root or path.startswith(root + ".") for root in roots):
+                return tower
+        raise ValueError(f"{path!r} is in neither tower of a {cls.family} model")
+
+    @classmethod
+    def tower_modules(cls, model: nn.Module, tower: str) -> list[nn.Module]:
+        """The modules of `tower` ("text" or "vision") including its projection (for freezing / adapter checks)."""
+        root = unwrap_model(model)
+        paths = (cls.text_tower_path, cls.text_projection) if tower == "text" else (
+            cls.vision_tower_path, cls.visual_projection)  # fmt: skip
+        return [m for path in paths for m in root.get_submodule(path).modules()]
+
+    @classmethod
+    def tower(cls, model: nn.Module, tower: str) -> nn.Module:
+        """The transformer of `tower` (called with `input_ids=` / `pixel_values=`, returns hidden states)."""
+        return unwrap_model(model).get_submodule(cls.text_tower_path if tower == "text" else cls.vision_tower_path)
+
+    # -- pooling and logits ------------------------------------------------------------------------------------------
+    def eot_index(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B,) position the text tower pools, exactly as the family's text model picks it."""
+        raise NotImplementedError
+
+    @classmethod
+    def logit_scale(cls, model: nn.Module) -> torch.Tensor:
+        """The multiplier of cosine similarities (exp of the stored log-scale)."""
+        return unwrap_model(model).logit_scale.exp()
+
+    @classmethod
+    def logit_bias(cls, model: nn.Module) -> torch.Tensor | None:
+        """The additive logit bias of sigmoid families, None for softmax ones."""
+        return unwrap_model(model).logit_bias if cls.logit_rule == "sigmoid" else None
+
+    # -- loading -----------------------------------------------------------------------------------------------------
+    @classmethod
+    def load_tokenizer(cls, path: str):
+        """The family's tokenizer from `path` (a family may fall back to files shipped with the package)."""
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model of a registered family inside a `PeftModel`, a tuner, a DDP/compiled wrapper, or `model` itself."""
+    seen = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        if any(family.matches(model) for family in FAMILIES.values()):
+            return model
+        for attr in ("_orig_mod", "module", "base_model", "model"):
+            inner = getattr(model, attr, None)
+            if isinstance(inner, nn.Module) and inner is not model:
+                model = inner
+                break
+        else:
+            break
+    return model
+
+
+def family_of(model: nn.Module) -> type[Backbone]:
+    """The `Backbone` subclass of `model` (unwrapped first); a `TypeError` naming the supported families if none."""
+    inner = unwrap_model(model)
+    for family in FAMILIES.values():
+        if family.matches(inner):
+            return family
+    model_type = getattr(getattr(inner, "config", None), "model_type", None)
+    supported = ", ".join(f"{name} (model_type {'/'.join(f.model_type)})" for name, f in FAMILIES.items())
+    raise TypeError(
+        f"unsupported model {type(inner).__name__} (model_type {model_type!r}): peft_vlprompt supports {supported}; "
+        "load one with `transformers.AutoModel.from_pretrained(...)`"
+    )
+
+
+def backbone_for(model: nn.Module) -> Backbone:
+    """The `Backbone` of `model` (a supported model or a wrapper around one)."""
+    return family_of(model).from_model(unwrap_model(model))
+
+
+def load_backbone(path: str):
+    """`(model, tokenizer, image_processor)` from a folder or Hub id through `AutoModel` / `AutoImageProcessor`.
+
+    The model must be of a registered family (else the `TypeError` of `family_of`); the tokenizer comes from the
+    family's `load_tokenizer` (which may fall back to files shipped with the package)."""
+    from transformers import AutoImageProcessor, AutoModel
+
+    model = AutoModel.from_pretrained(path)
+    family = family_of(model)
+    try:
+        image_processor = AutoImageProcessor.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"`model` {path!r} has no image processor (preprocessor_config.json): save the model's processor with "
+            "it, e.g. `AutoProcessor.from_pretrained(source).save_pretrained(folder)`"
+        ) from e
+    return model, family.load_tokenizer(path), image_processor
