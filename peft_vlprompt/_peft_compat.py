@@ -6,6 +6,7 @@ the official function, which keeps its validation. `tests/test_peft_compat.py` f
 """
 
 import contextlib
+import json
 import logging
 from collections.abc import Iterator
 
@@ -69,3 +70,35 @@ def accepting_peft_type(model, peft_type: PeftType) -> Iterator[None]:
         yield
     finally:
         model.peft_type = saved
+
+
+def name_the_file_in_config_errors() -> None:
+    """Make peft's `adapter_config.json` reader name the file when its JSON is invalid (idempotent).
+
+    `PeftModel.from_pretrained` and `AutoPeftModel.from_pretrained` read the config through
+    `PeftConfigMixin.from_json_file`, whose bare `json.JSONDecodeError` says where in *some* file the syntax broke but
+    not which file. The wrapper keeps peft's behaviour and only re-raises a `ValueError` (a `JSONDecodeError` is one)
+    that starts with the path.
+    """
+    from peft.config import PeftConfigMixin
+
+    original = PeftConfigMixin.__dict__["from_json_file"]
+    if getattr(original, "_names_the_file", False):
+        return
+    if not isinstance(original, classmethod):
+        raise RuntimeError("peft moved: `PeftConfigMixin.from_json_file` is no longer a classmethod")
+    read = original.__func__
+
+    def from_json_file(cls, path_json_file: str, **kwargs):
+        try:
+            return read(cls, path_json_file, **kwargs)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"adapter config {path_json_file} is not valid JSON: {e}") from e
+
+    from_json_file.__doc__ = read.__doc__
+    wrapped = classmethod(from_json_file)
+    wrapped._names_the_file = True
+    PeftConfigMixin.from_json_file = wrapped
+
+
+name_the_file_in_config_errors()

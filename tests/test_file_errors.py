@@ -10,7 +10,7 @@ import struct
 
 import pytest
 import torch
-from peft import PeftModel, get_peft_model
+from peft import AutoPeftModel, PeftConfig, PeftModel, get_peft_model
 from safetensors.torch import save_file
 
 from peft_vlprompt import CoCoOpConfig, CoOpConfig
@@ -98,6 +98,12 @@ def test_an_invalid_adapter_config_is_named(saved_coop):
         load_prompts(tiny_clip(), saved_coop)
     with pytest.raises(ValueError, match=rf"adapter config {config} is not valid JSON: "):
         CoOpConfig.from_pretrained(str(saved_coop))
+    # peft's own readers (PeftModel / AutoPeftModel / PeftConfig) name it too (`_peft_compat`)
+    for load in (lambda: PeftModel.from_pretrained(tiny_clip(), str(saved_coop)),
+                 lambda: AutoPeftModel.from_pretrained(str(saved_coop)),
+                 lambda: PeftConfig.from_pretrained(str(saved_coop))):  # fmt: skip
+        with pytest.raises(ValueError, match=rf"adapter config {config} is not valid JSON: "):
+            load()
     config.write_text("[1, 2]")
     with pytest.raises(ValueError, match=rf"adapter config {config} must hold a JSON object, got list"):
         load_prompts(tiny_clip(), saved_coop)
