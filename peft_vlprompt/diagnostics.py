@@ -19,7 +19,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 
-from .backbones import ClipBackbone, unwrap_clip
+from .backbones import Backbone, backbone_for
 
 _EPS = 1e-12
 
@@ -57,7 +57,7 @@ def layer_shift(
     return torch.stack(shifts)
 
 
-def text_token_mask(input_ids: torch.Tensor, backbone: ClipBackbone, attention_mask=None) -> torch.Tensor:
+def text_token_mask(input_ids: torch.Tensor, backbone: Backbone, attention_mask=None) -> torch.Tensor:
     """(B, L) True for positions up to and including the pooled EOT (and inside `attention_mask`)."""
     positions = torch.arange(input_ids.shape[1], device=input_ids.device)
     mask = positions[None] <= backbone.eot_index(input_ids)[:, None]
@@ -86,18 +86,18 @@ def feature_shift(
     """
     if input_ids is None and pixel_values is None:
         raise ValueError("`feature_shift` needs `input_ids`, `pixel_values` or both")
-    clip = unwrap_clip(model)
-    backbone = ClipBackbone.from_model(clip)
+    backbone = backbone_for(model)
+    text_tower, vision_tower = backbone.tower(model, "text"), backbone.tower(model, "vision")
     result = {}
     if input_ids is not None:
         kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        prompted = clip.text_model(**kwargs).hidden_states[1:]
+        prompted = text_tower(**kwargs).hidden_states[1:]
         with torch.no_grad(), adapters_off(model):
-            base = clip.text_model(**kwargs).hidden_states[1:]
+            base = text_tower(**kwargs).hidden_states[1:]
         result["text"] = layer_shift(prompted, base, text_token_mask(input_ids, backbone, attention_mask))
     if pixel_values is not None:
-        prompted = clip.vision_model(pixel_values=pixel_values, output_hidden_states=True).hidden_states[1:]
+        prompted = vision_tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[1:]
         with torch.no_grad(), adapters_off(model):
-            base = clip.vision_model(pixel_values=pixel_values, output_hidden_states=True).hidden_states[1:]
+            base = vision_tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[1:]
         result["vision"] = layer_shift(prompted, base)
     return result

@@ -105,7 +105,7 @@ def test_push_uploads_exactly_the_adapter_and_our_card(tmp_path):
         ("caltech101", "Harmonic mean (base/new)", "harmonic_mean"): 75.49,
     }
     assert data.model_name == "tiny-coop"
-    assert '"me/tiny-coop"' in card.text and "PeftModel.from_pretrained(CLIPModel.from_pretrained(base)" in card.text
+    assert '"me/tiny-coop"' in card.text and "PeftModel.from_pretrained(base_model, " in card.text
     # the zero-shot numbers are shown for comparison, never claimed as this adapter's results
     assert "| caltech101 | Base accuracy | 81.25 | 70.00 |" in card.text
     assert "@article{zhou2022coop" in card.text

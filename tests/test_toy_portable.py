@@ -84,5 +84,5 @@ def test_the_training_runs_card_loads_the_adapter_from_where_it_was_written(tmp_
     card = (tmp_path / "runs" / "x" / "adapter" / "README.md").read_text()
     snippet = card.split("```python\n")[1].split("```")[0]
     adapter = tmp_path / "runs" / "x" / "adapter"
-    assert f'PeftModel.from_pretrained(CLIPModel.from_pretrained(base), "{adapter}")' in snippet
+    assert f'PeftModel.from_pretrained(base_model, "{adapter}")' in snippet
     assert f'base = "{model_dir}"' in snippet

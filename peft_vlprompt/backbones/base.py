@@ -109,7 +109,7 @@ class Backbone:
 
     @classmethod
     def tower_of(cls, path: str) -> str:
-        """"text" or "vision": the tower owning the module at `path` (a projection counts with its tower)."""
+        """`"text"` or `"vision"`: the tower owning the module at `path` (a projection counts with its tower)."""
         for tower, roots in (("text", (cls.text_tower_path, cls.text_projection)),
                              ("vision", (cls.vision_tower_path, cls.visual_projection))):  # fmt: skip
             if any(path == root or path.startswith(root + ".") for root in roots):

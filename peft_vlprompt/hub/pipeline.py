@@ -13,11 +13,11 @@ Two ways, both giving `PromptClassifier`'s predictions:
 """
 
 from torch import nn
-from transformers import CLIPModel, pipeline
+from transformers import pipeline
 from transformers.image_utils import load_image
 from transformers.pipelines.zero_shot_image_classification import ZeroShotImageClassificationPipeline
 
-from ..backbones import unwrap_clip
+from ..backbones import FAMILIES, unwrap_model
 from ..classifier import PromptClassifier
 from ..tuners.base import DEFAULT_TEMPLATE, enabled_configs
 
@@ -61,7 +61,8 @@ class PromptZeroShotPipeline(ZeroShotImageClassificationPipeline):
 
     def check_model_type(self, supported_models) -> None:
         # the stock check compares class names and would log an error for `PeftModel`; check what it wraps instead
-        if not isinstance(unwrap_clip(self.model), CLIPModel):
+        inner = unwrap_model(self.model)
+        if not any(family.matches(inner) for family in FAMILIES.values()):
             super().check_model_type(supported_models)
 
     def preprocess(self, image, candidate_labels=None, hypothesis_template=None, timeout=None, tokenizer_kwargs=None):

@@ -12,8 +12,9 @@ from peft import PeftConfig, PeftModel
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from peft.utils import CONFIG_NAME
 from torch import nn
-from transformers import CLIPModel
+from transformers import AutoModel
 
+from ..backbones import family_of
 from ..tuners.base import VLPromptConfig
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ def load_prompts(
             raise ValueError(f"the adapter in {repo_or_dir!r} records no base model; pass the CLIP model as `clip`")
         clip = config.base_model_name_or_path
     if isinstance(clip, (str, os.PathLike)):
-        clip = CLIPModel.from_pretrained(str(clip))
+        clip = AutoModel.from_pretrained(str(clip))
+        family_of(clip)  # a model of no supported family: the error lists the supported ones
     model = PeftModel.from_pretrained(
         clip, repo_or_dir, adapter_name=adapter_name, is_trainable=is_trainable, config=config, **hub_kwargs
     )

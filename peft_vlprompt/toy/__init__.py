@@ -42,10 +42,10 @@ def toy_clip_path() -> str:
 
 def load_toy_clip():
     """Load the shipped toy CLIP. Returns `(CLIPModel, CLIPProcessor)`, the model in eval mode."""
-    from transformers import CLIPModel, CLIPProcessor
+    from transformers import AutoModel, AutoProcessor
 
-    model = CLIPModel.from_pretrained(toy_clip_path())
-    return model.eval(), CLIPProcessor.from_pretrained(toy_clip_path())
+    model = AutoModel.from_pretrained(toy_clip_path())
+    return model.eval(), AutoProcessor.from_pretrained(toy_clip_path())
 
 
 __all__ = [

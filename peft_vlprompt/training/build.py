@@ -11,7 +11,7 @@ from peft.utils.peft_types import PeftType
 from torch import nn
 
 from .._validation import check_known_keys
-from ..backbones import unwrap_clip
+from ..backbones import family_of, load_backbone
 from ..data import TEMPLATES, get_dataset_spec, load_task
 from .inputs import read_config_file  # noqa: F401  (re-exported: it moved to the light module `inputs`)
 
@@ -20,7 +20,6 @@ logger = logging.getLogger(__name__)
 # Default targets when the source is ImageNet (methods.md §10-§11)
 CROSS_DATASET_TARGETS = ["caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "fgvc_aircraft",
                          "sun397", "dtd", "eurosat", "ucf101"]  # fmt: skip
-_PROBE = "a photo of a X cat."
 DG_TARGETS = ["imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
 
 
@@ -43,37 +42,16 @@ class ProtocolData:
 
 
 def load_clip(model: str | None):
-    """`(CLIPModel, tokenizer, image_processor)` from a folder or Hub id (default: the shipped toy CLIP)."""
-    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
-
-    from ..assets import clip_tokenizer_path
+    """`(model, tokenizer, image_processor)` of any supported family from a folder or Hub id (default: the shipped
+    toy CLIP), through `AutoModel` / `AutoImageProcessor` and the family's tokenizer rule (`load_backbone`)."""
     from ..model_refs import TOY_CLIP_NAME, resolve_model_reference
 
-    model = resolve_model_reference(TOY_CLIP_NAME if model is None else model)  # the toy's portable name too
-    clip = CLIPModel.from_pretrained(model)
-    shipped = CLIPTokenizer.from_pretrained(clip_tokenizer_path())
-    try:
-        tokenizer = CLIPTokenizer.from_pretrained(model)
-    except (OSError, ValueError, TypeError):
-        tokenizer = None
-    # transformers builds an empty tokenizer from a folder without vocabulary files: check it really tokenizes
-    if tokenizer is None or tokenizer(_PROBE)["input_ids"] != shipped(_PROBE)["input_ids"]:
-        logger.info("%s has no usable CLIP tokenizer; using the CLIP BPE tokenizer shipped with the package", model)
-        tokenizer = shipped
-    try:
-        image_processor = CLIPImageProcessor.from_pretrained(model)
-    except OSError as e:
-        raise ValueError(
-            f"`model` {model!r} has no image processor (preprocessor_config.json): save a CLIPImageProcessor with "
-            "the model, e.g. `CLIPProcessor.save_pretrained(folder)`"
-        ) from e
-    return clip, tokenizer, image_processor
+    return load_backbone(resolve_model_reference(TOY_CLIP_NAME if model is None else model))  # the toy's name too
 
 
 def prompts_image_tower(model: nn.Module) -> bool:
     """Whether an adapter changes image features (a tuner layer in the vision tower or the visual projection)."""
-    clip = unwrap_clip(model)
-    modules = list(clip.vision_model.modules()) + list(clip.visual_projection.modules())
+    modules = family_of(model).tower_modules(model, "vision")
     return any(isinstance(m, BaseTunerLayer) for m in modules)
 
 

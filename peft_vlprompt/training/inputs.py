@@ -119,7 +119,7 @@ def check_model_reference(model: str | None) -> None:
         for name in ("config.json", "preprocessor_config.json"):
             if not (path / name).is_file():
                 raise ValueError(f"`model` folder {path} has no {name}: save the model and its processor there with "
-                                 "`CLIPModel.save_pretrained` and `CLIPProcessor.save_pretrained`")  # fmt: skip
+                                 "the model's and its processor's `save_pretrained`")  # fmt: skip
     elif not _HUB_ID.match(resolved):
         raise ValueError(f"`model` {model!r} is neither a local folder nor a Hub id (owner/name, e.g. "
                          "openai/clip-vit-base-patch16)")  # fmt: skip

@@ -1,19 +1,17 @@
 """CLIP BPE helpers shared by the methods (the vocabulary is the same for every CLIP checkpoint)."""
 
-import functools
-
-from ..assets import clip_tokenizer_path
-
 PLACEHOLDER_TOKEN = "X"
 PLACEHOLDER_TOKEN_ID = 343  # "x</w>" in CLIP's BPE (the tokenizer lower-cases)
 
 
-@functools.lru_cache(maxsize=1)
 def clip_tokenizer():
-    """OpenAI's CLIP tokenizer from the files shipped with the package (no Hub access needed)."""
-    from transformers import CLIPTokenizer
+    """OpenAI's CLIP tokenizer from the files shipped with the package (no Hub access needed).
 
-    return CLIPTokenizer.from_pretrained(clip_tokenizer_path())
+    Configs tokenize `ctx_init` and store the placeholder id with it when they are built, before any model is seen;
+    resolving these per family at injection time is the next step of the backbone interface (issue 13)."""
+    from ..backbones.clip import shipped_tokenizer
+
+    return shipped_tokenizer()
 
 
 def clip_token_ids(text: str) -> list[int]:

@@ -70,7 +70,7 @@ class SupernetAttention(VLPromptLayer):
         self.max_positions = 0
 
     def update_layer(self, adapter_name: str, config: DPLSearchConfig, backbone: ClipBackbone, key: str) -> None:
-        self.tower = "text" if key.startswith("text_model.") else "vision"
+        self.tower = backbone.tower_of(key)
         self.layer_index = int(key.split(".")[-2])
         self.target_key = key
         self.max_positions = backbone.max_positions
