@@ -7,12 +7,15 @@
     accelerate launch examples/dpl_search.py --model openai/clip-vit-base-patch16 --dataset dtd --data_dir /data \
         --shots 16 --seed 1 --output_dir runs/dpl_dtd
 
-    # resume an interrupted search exactly
-    accelerate launch examples/dpl_search.py ... --resume_from_checkpoint latest
+    # checkpoint every 50 steps (or `--checkpointing_steps epoch`), then resume an interrupted search exactly
+    accelerate launch examples/dpl_search.py ... --checkpointing_steps 50
+    accelerate launch examples/dpl_search.py ... --checkpointing_steps 50 --resume_from_checkpoint latest
 
 Writes `<output_dir>/found.json` (a `DeepPromptConfig(mode="prefix")` with the per-layer argmax lengths),
 `alphas.json` (softmaxed alpha per tower), `supernet/` (the searched adapter) and `checkpoints/checkpoint_<n>/` (the
-training loop's format; `--checkpoints_total_limit` keeps the newest n).
+training loop's format, with its flags: `--checkpointing_steps` N or "epoch", validated as examples/train.py's, plus
+one at the end; `--checkpoints_total_limit` keeps the newest n; `--resume_from_checkpoint latest`). The older
+`--checkpoint_every N` is an alias of `--checkpointing_steps N`.
 
 DPL stage 2: train fresh prompts of the found lengths with the normal loop (optionally distilling zero-shot CLIP).
 As released, the text input is the template ensemble (`CTX_INIT "ensemble"`: token embeddings averaged over the 60

@@ -106,6 +106,19 @@ def check_fields(obj, skip: typing.Collection[str] = (), rules: typing.Mapping[s
         check_value(f.name, getattr(obj, f.name), hints.get(f.name, typing.Any), meta)
 
 
+def parse_checkpointing_steps(value: str | None, name: str = "checkpointing_steps") -> int | str | None:
+    """The rule of `--checkpointing_steps` (the training loop's and the DPL search's): None, 'epoch' or a positive
+    integer given as a string (argparse's type); returns None, 'epoch' or the int, or raises naming the value."""
+    if value is None or value == "epoch":
+        return value
+    if not isinstance(value, str):
+        raise FieldTypeError(f"`{name}` must be a str (a positive integer such as '5', or 'epoch'), got "
+                             f"{_describe(value)}")  # fmt: skip
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:  # "²" is a digit to str.isdigit
+        raise ValueError(f"`{name}` must be a positive integer or 'epoch', got {value!r}")
+    return int(value)
+
+
 def check_known_keys(keys, known: typing.Collection[str], what: str) -> None:
     """Raise a `ValueError` naming every key of `keys` not in `known`, with the closest known names."""
     unknown = [k for k in keys if k not in known]

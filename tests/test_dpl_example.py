@@ -134,7 +134,7 @@ def test_a_killed_search_resumes_bit_exactly_and_logs_alpha_to_tensorboard(tiny_
     split = tmp_path / "split"
     tracking = ["--with_tracking", "--report_to", "tensorboard", "--log_every", "1"]
     # stopped mid-epoch 1 (6 batches per epoch), as a kill after the checkpoint of step 8 would leave it
-    search_main([*common, "--output_dir", str(split), "--max_steps", "8", "--checkpoint_every", "4", *tracking])
+    search_main([*common, "--output_dir", str(split), "--max_steps", "8", "--checkpointing_steps", "4", *tracking])
     resumed = search_main([*common, "--output_dir", str(split), "--resume_from_checkpoint", "latest"])
     assert resumed["steps"] == full["steps"] == 12
     alphas = [json.loads((d / "alphas.json").read_text())["alpha"] for d in (tmp_path / "full", split)]
@@ -153,6 +153,16 @@ def test_a_killed_search_resumes_bit_exactly_and_logs_alpha_to_tensorboard(tiny_
     [
         (["--report_to", "tensorbord"], r"`report_to` must be 'all' or comma-separated trackers"),
         (["--checkpoints_total_limit", "0"], r"`checkpoints_total_limit` must be >= 1, got 0"),
+        (
+            ["--checkpointing_steps", "often"],
+            r"^`checkpointing_steps` must be a positive integer or 'epoch', got 'often'$",
+        ),
+        (["--checkpoint_every", "0"], r"`checkpoint_every` must be >= 1, got 0"),
+        (
+            ["--checkpoint_every", "2", "--checkpointing_steps", "epoch"],
+            r"^`checkpoint_every` is an alias of `checkpointing_steps`: give one, got checkpointing_steps='epoch' and "
+            r"checkpoint_every=2$",
+        ),
     ],
 )
 def test_engine_flags_are_checked_before_loading(tmp_path, argv, match):

@@ -143,7 +143,7 @@ def test_alpha_moves_and_export_is_argmax(tmp_path):
         assert summary["chosen_lengths"][tower] == expected
         torch.testing.assert_close(torch.tensor(probs).sum(-1), torch.ones(len(probs)))
     assert summary["chosen_lengths"] == chosen_lengths(search.model)
-    assert latest_checkpoint(tmp_path).name == "checkpoint_0"  # only the final one: no `checkpoint_every`
+    assert latest_checkpoint(tmp_path).name == "checkpoint_0"  # only the final one: no `checkpointing_steps`
 
 
 def test_alpha_summary_is_keyed_and_sized_per_tower(tmp_path):
@@ -164,7 +164,7 @@ def test_resume_is_bit_identical(tmp_path):
     full.run()
 
     torch.manual_seed(5)
-    first = make_search(tmp_path / "split", warmup_epochs=1, max_steps=5, checkpoint_every=3)
+    first = make_search(tmp_path / "split", warmup_epochs=1, max_steps=5, checkpointing_steps="3")
     first.run()  # stops mid-epoch 1, mid validation pass
     assert latest_checkpoint(tmp_path / "split").name == "checkpoint_1"  # steps 3 and 5
     torch.manual_seed(1234)  # the resumed run must not depend on the RNG state it starts with
@@ -185,6 +185,55 @@ def test_resume_is_bit_identical(tmp_path):
     )
 
 
+def _steps_of_checkpoints(out) -> list[tuple[int, int, int]]:
+    states = [json.loads((p / "vlprompt_state.json").read_text()) for p in sorted((out / "checkpoints").iterdir())]
+    return [(s["global_step"], s["epoch"], s["batch_in_epoch"]) for s in states]
+
+
+def test_epoch_checkpoints_resume_bit_identically(tmp_path):
+    # 8 images, batch 2: 4 steps per epoch; "epoch" checkpoints after steps 4 and 8, plus one at a --max_steps stop
+    full = make_search(tmp_path / "full", num_epochs=3, checkpointing_steps="epoch")
+    full.run()
+    assert _steps_of_checkpoints(tmp_path / "full") == [(4, 1, 0), (8, 2, 0), (12, 3, 0)]
+    first = make_search(tmp_path / "split", num_epochs=3, max_steps=6, checkpointing_steps="epoch")
+    first.run()
+    assert _steps_of_checkpoints(tmp_path / "split") == [(4, 1, 0), (6, 1, 2)]
+    second = make_search(tmp_path / "split", num_epochs=3, checkpointing_steps="epoch")
+    second.resume(tmp_path / "split" / "checkpoints" / "checkpoint_0")  # the start of epoch 1
+    assert len(second.run()) == 8
+    for got, want in zip(alpha_parameters(second.model) + prompt_parameters(second.model),
+                         alpha_parameters(full.model) + prompt_parameters(full.model)):  # fmt: skip
+        assert torch.equal(got, want)
+    assert second.history == full.history
+
+
+@pytest.mark.parametrize("value", ["0", "often", "-2", "2.5", "", "²"])
+def test_checkpointing_steps_takes_the_training_loops_rule(value):
+    from peft_vlprompt.training.args import TrainArguments
+
+    message = f"`checkpointing_steps` must be a positive integer or 'epoch', got {value!r}"
+    for cls in (DPLSearchArguments, TrainArguments):
+        with pytest.raises(ValueError) as error:
+            cls(checkpointing_steps=value)
+        assert str(error.value) == message, cls
+    with pytest.raises(TypeError, match=r"`checkpointing_steps` must be a str .*, got int 3"):
+        DPLSearchArguments(checkpointing_steps=3)
+
+
+def test_checkpoint_every_is_an_alias_of_checkpointing_steps():
+    args = DPLSearchArguments(checkpoint_every=3)
+    assert (args.checkpointing_steps, args.checkpoint_every, args.checkpoint_interval) == ("3", None, 3)
+    assert DPLSearchArguments(checkpoint_every=3, checkpointing_steps="3").checkpoint_interval == 3
+    assert DPLSearchArguments(checkpointing_steps="epoch").checkpoint_interval == "epoch"
+    assert DPLSearchArguments().checkpoint_interval is None
+    for other in ("4", "epoch"):
+        with pytest.raises(ValueError, match=r"^`checkpoint_every` is an alias of `checkpointing_steps`: give one, got "
+                           f"checkpointing_steps='{other}' and checkpoint_every=3$"):  # fmt: skip
+            DPLSearchArguments(checkpoint_every=3, checkpointing_steps=other)
+    with pytest.raises(ValueError, match=r"`checkpoint_every` must be >= 1, got 0"):
+        DPLSearchArguments(checkpoint_every=0)
+
+
 def test_missing_validation_data(tmp_path):
     model, clf = supernet()
     with pytest.raises(
@@ -199,7 +248,7 @@ def test_missing_validation_data(tmp_path):
 
 # -- the training loop's checkpoints: JSON + safetensors, manifest, `latest`, rotation; the old format refused --------
 def test_checkpoints_are_the_training_loops_format_with_rotation(tmp_path):
-    search = make_search(tmp_path, max_steps=5, checkpoint_every=1, checkpoints_total_limit=2)
+    search = make_search(tmp_path, max_steps=5, checkpointing_steps="1", checkpoints_total_limit=2)
     search.run()
     root = tmp_path / "checkpoints"
     assert sorted(p.name for p in root.iterdir()) == ["checkpoint_3", "checkpoint_4"]  # steps 4 and 5
@@ -333,7 +382,7 @@ def test_sigkills_at_checkpoint_file_operations_resume_to_the_same_search(tmp_pa
         tensors = alpha_parameters(search.model) + prompt_parameters(search.model)
         return {str(i): t.detach().contiguous() for i, t in enumerate(tensors)}
 
-    settings = dict(checkpoint_every=2, checkpoints_total_limit=1)  # 4 checkpoints of 8 steps, rotated
+    settings = dict(checkpointing_steps="2", checkpoints_total_limit=1)  # 4 checkpoints of 8 steps, rotated
     reference = make_search(tmp_path / "reference", **settings)
     reference.run()
     rng, want, resumed, chains = random.Random(5), params(reference), 0, 0

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from peft import PeftConfig
 
+from .._validation import parse_checkpointing_steps
 from ..finite import check_training_step
 from ..training.checkpoint import CheckpointManager, check_checkpoint, clean_stale_temps, resolve_checkpoint
 from ..tuners.dpl import DPLSearchConfig, alpha_parameters, prompt_parameters
@@ -69,7 +70,10 @@ class DPLSearchArguments:
         alpha_lr, alpha_beta1, alpha_beta2, alpha_weight_decay: the architecture weights' Adam.
         seed: data order (and nothing else: seed the model's initialisation before creating it).
         max_steps: stop after this many steps (the schedule still spans `num_epochs`; resume continues it).
-        checkpoint_every: write a checkpoint every this many steps (and at the end); None: only at the end.
+        checkpointing_steps: as the training loop's `--checkpointing_steps`: a checkpoint every N steps (an integer,
+            as a string from the command line) or every "epoch"; a checkpoint is always written at the end.
+        checkpoint_every: the older name, an int N (alias of `checkpointing_steps`; both with different values is an
+            error); folded into `checkpointing_steps` and reset to None.
         checkpoints_total_limit: keep only this many checkpoints, deleting the oldest after each save (None: all).
         max_grad_norm: clip each half-step's gradient norm (None: no clipping, as the released code).
     """
@@ -90,7 +94,14 @@ class DPLSearchArguments:
     alpha_weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay of alpha."})
     seed: int = field(default=1, metadata={"help": "Seed of the training and validation batch order."})
     max_steps: int | None = field(default=None, metadata={"help": "Stop after this many steps (None: all)."})
-    checkpoint_every: int | None = field(default=None, metadata={"help": "Checkpoint every N steps (None: end)."})
+    checkpointing_steps: str | None = field(
+        default=None,
+        metadata={"help": "Save a resumable checkpoint every N steps (an integer) or every 'epoch' (default: only "
+                  "at the end, where one is always saved)."},
+    )  # fmt: skip
+    checkpoint_every: int | None = field(
+        default=None, metadata={"help": "Older name of --checkpointing_steps (an integer N)."}
+    )
     checkpoints_total_limit: int | None = field(
         default=None, metadata={"help": "Keep only this many checkpoints (the oldest are deleted; None: all)."}
     )
@@ -115,6 +126,18 @@ class DPLSearchArguments:
                 raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"`max_grad_norm` must be > 0, got {self.max_grad_norm}")
+        every = parse_checkpointing_steps(self.checkpointing_steps)  # the training loop's rule
+        if self.checkpoint_every is not None:  # the alias, as training/cli_names.py's: one value or an error
+            if every is not None and every != self.checkpoint_every:
+                raise ValueError(f"`checkpoint_every` is an alias of `checkpointing_steps`: give one, got "
+                                 f"checkpointing_steps={self.checkpointing_steps!r} and checkpoint_every="
+                                 f"{self.checkpoint_every!r}")  # fmt: skip
+            self.checkpointing_steps, self.checkpoint_every = str(self.checkpoint_every), None
+
+    @property
+    def checkpoint_interval(self) -> int | str | None:
+        """`checkpointing_steps` parsed: an int, 'epoch' or None."""
+        return parse_checkpointing_steps(self.checkpointing_steps)
 
 
 def prompt_lr(epoch: int, args: DPLSearchArguments) -> float:
@@ -275,7 +298,7 @@ class DPLSearch:
 
     def run(self) -> list[dict]:
         """Search until `num_epochs` (or `max_steps`); returns the per-step loss history of this call."""
-        start = len(self.history)
+        start, every = len(self.history), self.args.checkpoint_interval
         try:
             while not self.done():
                 lr = prompt_lr(self.epoch, self.args)
@@ -292,7 +315,7 @@ class DPLSearch:
                         self.history.append({"epoch": self.epoch, "step": self.global_step, "lr": lr, **losses})
                         if self.global_step % self.args.log_every == 0:
                             self._log(lr, losses)
-                        if self.args.checkpoint_every and self.global_step % self.args.checkpoint_every == 0:
+                        if isinstance(every, int) and self.global_step % every == 0:
                             self.save_checkpoint()
                         if self.done():
                             break
@@ -300,6 +323,8 @@ class DPLSearch:
                     end(loader)  # a loader left early stays registered in accelerate's GradientState otherwise
                 if self.batch_in_epoch >= per_epoch:
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    if every == "epoch":  # after the epoch counter moved: a resume starts the next epoch
+                        self.save_checkpoint()
             self.save_checkpoint()
         finally:
             self.val_batches.close()
@@ -350,8 +375,8 @@ class DPLSearch:
             raise ValueError(
                 f"checkpoint {path} belongs to another search: "
                 + "; ".join(f"`{k}` was {old!r}, now {new!r}" for k, old, new in changed)
-                + ". Resume with the same values (only num_epochs, max_steps, checkpoint_every, checkpoints_total_limit "
-                "and log_every may change), or start afresh into another --output_dir"
+                + ". Resume with the same values (only num_epochs, max_steps, checkpointing_steps, "
+                "checkpoints_total_limit and log_every may change), or start afresh into another --output_dir"
             )
 
     def resume(self, checkpoint: str | os.PathLike) -> Path:

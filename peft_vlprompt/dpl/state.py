@@ -10,7 +10,8 @@ from pathlib import Path
 from ..training.checkpoint import TrainingState, resolve_checkpoint
 
 # arguments a resumed search may change (how long it runs, how often it checkpoints and logs); any other is refused
-RESUMABLE_CHANGES = {"num_epochs", "max_steps", "checkpoint_every", "checkpoints_total_limit", "log_every"}
+RESUMABLE_CHANGES = {"num_epochs", "max_steps", "checkpointing_steps", "checkpoint_every", "checkpoints_total_limit",
+                     "log_every"}  # fmt: skip
 METHOD = "dpl_search"  # recorded in each checkpoint: a training run's checkpoint is refused, and vice versa
 LEGACY_PREFIX, LEGACY_STATE_FILE = "checkpoint-", "search_state.pt"  # the older, pickled format (refused)
 

@@ -14,7 +14,7 @@ override them. Standard library only (no torch): the example parses and validate
 import json
 from dataclasses import MISSING, dataclass, field, fields
 
-from .._validation import check_fields
+from .._validation import check_fields, parse_checkpointing_steps
 from .cli_names import check_data_source, parse_trackers
 from .schedule import GRANULARITIES
 
@@ -327,11 +327,7 @@ class TrainArguments:
         if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"`train_crop_scale` must be two numbers 0 < min <= max <= 1, got {list(scale)}")
         self.train_crop_scale = [float(v) for v in scale]
-        if self.checkpointing_steps is not None and self.checkpointing_steps != "epoch":
-            if not str(self.checkpointing_steps).isdigit() or int(self.checkpointing_steps) < 1:
-                raise ValueError(
-                    f"`checkpointing_steps` must be a positive integer or 'epoch', got {self.checkpointing_steps!r}"
-                )
+        parse_checkpointing_steps(self.checkpointing_steps)  # the rule the DPL search shares
         if self.dtype == "float16" and self.mixed_precision != "fp16":
             raise ValueError(
                 "`dtype`='float16' needs loss scaling against fp16 gradient underflow: add --mixed_precision fp16 "
@@ -401,9 +397,7 @@ class TrainArguments:
     @property
     def checkpoint_every(self) -> int | str | None:
         """`checkpointing_steps` parsed: an int, 'epoch' or None."""
-        if self.checkpointing_steps is None or self.checkpointing_steps == "epoch":
-            return self.checkpointing_steps
-        return int(self.checkpointing_steps)
+        return parse_checkpointing_steps(self.checkpointing_steps)
 
     def adapter_overrides(self) -> dict:
         return {} if self.adapter_kwargs is None else json.loads(self.adapter_kwargs)
