@@ -5,7 +5,7 @@ Importing the package registers every method with peft, so `get_peft_model`, `Pe
 """
 
 from . import losses
-from .backbones import ClipBackbone
+from .backbones import Backbone, ClipBackbone, backbone_for, load_backbone
 from .classifier import PromptClassifier
 from .diagnostics import feature_shift
 from .metric_modules import metrics_module_path  # a path only: `evaluate` is not imported
@@ -31,6 +31,7 @@ from .tuners.restore import RestoreAdapterConfig, RestoreModel, restore_preset, 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Backbone",
     "ClipBackbone",
     "CoCoOpConfig",
     "CoCoOpModel",
@@ -52,10 +53,12 @@ __all__ = [
     "RestoreAdapterConfig",
     "RestoreModel",
     "VLPromptConfig",
+    "backbone_for",
     "deep_language_preset",
     "feature_shift",
     "losses",
     "ivlp_preset",
+    "load_backbone",
     "make_prograd_optimizer",
     "maple_preset",
     "metrics_module_path",

@@ -23,7 +23,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .backbones import ClipBackbone, unwrap_clip
+from .backbones import backbone_for, unwrap_model
 from .finite import check_finite
 from .text_prefix import shared_prefix_text_features
 from .tuners.base import DEFAULT_TEMPLATE, VLPromptConfig, enabled_configs, text_rows_for_classes
@@ -89,7 +89,7 @@ class PromptClassifier(nn.Module):
             raise ValueError(f"`shared_prefix` must be True or False, got {shared_prefix!r}")
         self.shared_prefix = shared_prefix
         self._logged_plans: set[tuple] = set()
-        self.backbone = ClipBackbone.from_model(model)
+        self.backbone = backbone_for(model)
         self._text_cache: tuple[tuple, torch.Tensor] | None = None
         self._zero_shot_cache: tuple[tuple, torch.Tensor] | None = None
         self._ids_cache: tuple[tuple, torch.Tensor] | None = None
@@ -108,7 +108,7 @@ class PromptClassifier(nn.Module):
 
     @property
     def clip(self) -> nn.Module:
-        return unwrap_clip(self.model)
+        return unwrap_model(self.model)
 
     def prompt_config(self) -> VLPromptConfig | None:
         configs = enabled_configs(self.model)
@@ -256,7 +256,7 @@ class PromptClassifier(nn.Module):
         return F.normalize(out.pooler_output if hasattr(out, "pooler_output") else out, dim=-1)
 
     def logit_scale(self) -> torch.Tensor:
-        return self.clip.logit_scale.exp()
+        return self.backbone.logit_scale(self.model)
 
     def conditioned_text_features(self, image_features: torch.Tensor) -> torch.Tensor:
         """Normalised (B, C, D) features of every class prompt conditioned on every image (image-conditioned adapters).
@@ -304,6 +304,9 @@ class PromptClassifier(nn.Module):
             logits = self.logit_scale() * torch.einsum("bd,bcd->bc", image_features, text_features)
         else:
             logits = self.logit_scale() * image_features @ text_features.t()
+        bias = self.backbone.logit_bias(self.model)  # sigmoid families (SigLIP); softmax CE ignores it, predict not
+        if bias is not None:
+            logits = logits + bias
         if not self.training:
             check_finite([("logits", logits)], "the logits are non-finite", "the model's `logit_scale` is not finite")
         return logits

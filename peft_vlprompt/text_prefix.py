@@ -22,14 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .backbones import ClipBackbone
-from .backbones.clip import (
-    TEXT_ATTENTION_IMPLEMENTATIONS,
-    TEXT_IS_CAUSAL,
-    TextLayerParts,
-    text_layer_parts,
-    text_tower,
-)
+from .backbones import Backbone, backbone_for
+from .backbones.base import TextLayerParts
 from .tuners.base import VLPromptLayer
 from .tuners.cocoop.layer import ConditionalContextEmbedding
 from .tuners.coop.layer import ContextEmbedding
@@ -53,7 +47,9 @@ def _embedding_is_shared(token_embedding: nn.Module) -> bool:
     return isinstance(token_embedding, TextContextEmbedding)
 
 
-def _layer_plan(layers) -> list[tuple[TextLayerParts, torch.Tensor | None, PrefixAttention | None]] | None:
+def _layer_plan(
+    layers, backbone: Backbone
+) -> list[tuple[TextLayerParts, torch.Tensor | None, PrefixAttention | None]] | None:
     """Per layer: its parts, the deep prompts replacing slots 1..n before it (or None), and a prefix-prompt wrapper
     on its attention (or None); None if a layer is not one this module reproduces exactly."""
     plan = []
@@ -65,7 +61,7 @@ def _layer_plan(layers) -> list[tuple[TextLayerParts, torch.Tensor | None, Prefi
             layer = layer.base_layer
         elif isinstance(layer, VLPromptLayer):
             return None
-        parts = text_layer_parts(layer)
+        parts = backbone.text_layer_parts(layer)
         if parts is None:
             return None
         wrapper = parts.attention
@@ -98,12 +94,16 @@ def shared_prefix_text_features(
         groups: (N,) group index in [0, P) of each row; only rows of one group share a prefix (CoCoOp: the image of
             each row). None: one group.
     """
-    tower = text_tower(model)
-    if tower.attn_implementation not in TEXT_ATTENTION_IMPLEMENTATIONS or not TEXT_IS_CAUSAL:
+    backbone = backbone_for(model)
+    tower = backbone.text_tower(model)
+    # sharing a prefix is exact only when later tokens cannot change earlier ones (causal attention)
+    if tower is None or tower.attn_implementation not in backbone.text_attention_implementations:
+        return None
+    if not backbone.text_is_causal:
         return None
     if not _embedding_is_shared(tower.token_embedding):
         return None
-    plan = _layer_plan(tower.layers)
+    plan = _layer_plan(tower.layers, backbone)
     if plan is None:
         return None
     n_rows, length = input_ids.shape
@@ -113,7 +113,7 @@ def shared_prefix_text_features(
     # the first row of each group represents it (groups are given for every index in [0, P))
     order = torch.arange(n_rows, device=device)
     rep = torch.full((n_groups,), n_rows, dtype=torch.long, device=device).scatter_reduce(0, groups, order, "amin")
-    eot = ClipBackbone.from_model(model).eot_index(input_ids).to(device)
+    eot = backbone.eot_index(input_ids).to(device)
     needed = max([MIN_SHARED_TOKENS] + [1 + p.shape[0] for _, p, _ in plan if p is not None])
     shared = _shared_length(input_ids, rep, groups, int(eot.min()))  # the EOT is always in each row's own part
     if shared < needed:

@@ -144,6 +144,17 @@ class Backbone:
         """The additive logit bias of sigmoid families, None for softmax ones."""
         return unwrap_model(model).logit_bias if cls.logit_rule == "sigmoid" else None
 
+    # -- the text tower layer by layer (shared-prefix text encoding; None: the caller runs the whole tower) ---------
+    text_attention_implementations: ClassVar[tuple[str, ...]] = ()  # attention kernels `text_prefix` reproduces
+
+    @classmethod
+    def text_tower(cls, model: nn.Module) -> "TextTower | None":
+        return None
+
+    @classmethod
+    def text_layer_parts(cls, layer: nn.Module) -> "TextLayerParts | None":
+        return None
+
     # -- loading -----------------------------------------------------------------------------------------------------
     @classmethod
     def load_tokenizer(cls, path: str):
@@ -151,6 +162,37 @@ class Backbone:
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(path)
+
+
+@dataclass(frozen=True)
+class TextTower:
+    """The text tower's parts in running order: `embeddings(input_ids=...)` (token + position embeddings, with any
+    wrapper on the token embedding), the encoder `layers` (possibly wrapped), `final_norm`, then pooling at
+    the family's pooled position and `projection` (possibly wrapped)."""
+
+    embeddings: nn.Module
+    token_embedding: nn.Module
+    layers: tuple[nn.Module, ...]
+    final_norm: nn.Module
+    projection: nn.Module
+    attn_implementation: str | None
+
+
+@dataclass(frozen=True)
+class TextLayerParts:
+    """One pre-LN encoder layer: x + attention(norm1(x)), then x + mlp(norm2(x)).
+
+    `attention` is the (possibly wrapped) `self_attn`; `attention_base` the attention module inside it, whose q/k/v/out
+    projections, `num_heads`, `head_dim`, `scale` and `dropout` the caller uses. `checkpointed`: transformers'
+    gradient checkpointing is on for this layer (`model.gradient_checkpointing_enable()`).
+    """
+
+    norm1: nn.Module
+    attention: nn.Module
+    attention_base: nn.Module
+    norm2: nn.Module
+    mlp: nn.Module
+    checkpointed: bool
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

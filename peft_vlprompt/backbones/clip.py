@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import Backbone, register, unwrap_model
+from ..assets import clip_tokenizer_path
+from .base import Backbone, TextLayerParts, TextTower, register, unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class ClipBackbone(Backbone):
     vision_pooling = "cls"  # pooled = post_layernorm(hidden[:, 0]): prompts appended after the patches never reach it
     logit_rule = "softmax"
     placeholder_token = "X"
+    text_attention_implementations = ("eager", "sdpa")  # what `peft_vlprompt.text_prefix` reproduces exactly
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -104,6 +106,14 @@ class ClipBackbone(Backbone):
         return (input_ids.to(torch.int) == self.eos_token_id).int().argmax(dim=-1)
 
     @classmethod
+    def text_tower(cls, model: nn.Module) -> "TextTower":
+        return text_tower(model)
+
+    @classmethod
+    def text_layer_parts(cls, layer: nn.Module) -> "TextLayerParts | None":
+        return text_layer_parts(layer)
+
+    @classmethod
     def load_tokenizer(cls, path: str):
         """The folder's CLIP tokenizer if it tokenizes like CLIP's BPE, else the BPE shipped with the package (toy
         and converted checkpoints often come without vocabulary files)."""
@@ -126,8 +136,6 @@ def shipped_tokenizer():
     """OpenAI's CLIP tokenizer from the files shipped with the package (no Hub access needed)."""
     from transformers import CLIPTokenizer
 
-    from ..assets import clip_tokenizer_path
-
     return CLIPTokenizer.from_pretrained(clip_tokenizer_path())
 
 
@@ -149,22 +157,8 @@ def attention_projections(
 
 
 # -- the text tower, for encoders that run it layer by layer (shared-prefix text encoding) --------------------------
-TEXT_IS_CAUSAL = True  # CLIP's text tower always applies a causal mask (`CLIPTextTransformer`)
-TEXT_ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")  # what `peft_vlprompt.text_prefix` reproduces exactly
-
-
-@dataclass(frozen=True)
-class TextTower:
-    """The text tower's parts in running order: `embeddings(input_ids=...)` (token + position embeddings, with any
-    wrapper on the token embedding), the encoder `layers` (possibly wrapped), `final_norm`, then pooling at the EOT
-    position and `projection` (possibly wrapped)."""
-
-    embeddings: nn.Module
-    token_embedding: nn.Module
-    layers: tuple[nn.Module, ...]
-    final_norm: nn.Module
-    projection: nn.Module
-    attn_implementation: str | None
+TEXT_IS_CAUSAL = ClipBackbone.text_is_causal
+TEXT_ATTENTION_IMPLEMENTATIONS = ClipBackbone.text_attention_implementations
 
 
 def text_tower(model: nn.Module) -> TextTower:
@@ -178,23 +172,6 @@ def text_tower(model: nn.Module) -> TextTower:
         projection=clip.text_projection,
         attn_implementation=getattr(clip.config.text_config, "_attn_implementation", None),
     )
-
-
-@dataclass(frozen=True)
-class TextLayerParts:
-    """One pre-LN CLIP encoder layer: x + attention(norm1(x)), then x + mlp(norm2(x)).
-
-    `attention` is the (possibly wrapped) `self_attn`; `attention_base` the `CLIPAttention` inside it, whose q/k/v/out
-    projections, `num_heads`, `head_dim`, `scale` and `dropout` the caller uses. `checkpointed`: transformers'
-    gradient checkpointing is on for this layer (`model.gradient_checkpointing_enable()`).
-    """
-
-    norm1: nn.Module
-    attention: nn.Module
-    attention_base: nn.Module
-    norm2: nn.Module
-    mlp: nn.Module
-    checkpointed: bool
 
 
 def text_layer_parts(layer: nn.Module) -> TextLayerParts | None:

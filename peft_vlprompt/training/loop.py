@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..backbones import ClipBackbone
+from ..backbones import backbone_for
 from ..baselines.regularisers import check_regularisers, with_regularisers
 from ..baselines.selection import EpochSelector, check_selection, check_validation_split
 from ..baselines.training import check_optimizer_args, cosine_lr, iteration_budget, make_optimizer, optimizer_record
@@ -282,7 +282,7 @@ def train(args: TrainArguments) -> dict:
     set_seed(args.seed)  # adapter initialisation does not depend on what data loading drew
     config = None
     if spec.trains:
-        ctx = BuildContext(ClipBackbone.from_model(clip), task.template, task.num_classes, task.name)
+        ctx = BuildContext(backbone_for(clip), task.template, task.num_classes, task.name)
         if adapter_dict is None:  # a user's depth deeper than the model is an error; a preset's is clipped (logged)
             check_user_depths(spec, args, ctx.backbone.text_layers, ctx.backbone.vision_layers)
         if adapter_dict is not None:

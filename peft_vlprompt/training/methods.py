@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .presets import Preset
 
 if TYPE_CHECKING:  # the registry itself stays light: the command line checks method names before torch is imported
-    from ..backbones import ClipBackbone
+    from ..backbones import Backbone
     from .objectives import Objective
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def _import(path: str):
 class BuildContext:
     """What a config factory may use besides the preset."""
 
-    backbone: "ClipBackbone"
+    backbone: "Backbone"
     template: str
     num_classes: int
     dataset: str

@@ -20,7 +20,7 @@ from torch import nn
 
 from .._peft_compat import ensure_peft_type
 from .._validation import check_fields, check_known_keys
-from ..backbones import ClipBackbone
+from ..backbones import Backbone, backbone_for
 from ..finite import check_finite
 from ..model_refs import portable_model_reference, resolve_model_reference
 from .tokens import class_text
@@ -118,10 +118,10 @@ class VLPromptConfig(PeftConfig):
         return config
 
     # -- hooks used by the tuner and the classifier -------------------------------------------------------------
-    def target_module_names(self, backbone: ClipBackbone) -> list[str]:
+    def target_module_names(self, backbone: Backbone) -> list[str]:
         raise NotImplementedError
 
-    def validate_for_backbone(self, backbone: ClipBackbone) -> None:
+    def validate_for_backbone(self, backbone: Backbone) -> None:
         """Raise a clear error if this config cannot be applied to `backbone`."""
 
     def prompt_texts(self, classnames: list[str], template: str) -> list[str]:
@@ -148,7 +148,7 @@ class VLPromptLayer(nn.Module, BaseTunerLayer):
         self._active_adapter = "default"
         self.kwargs = kwargs
 
-    def update_layer(self, adapter_name: str, config: VLPromptConfig, backbone: ClipBackbone, key: str) -> None:
+    def update_layer(self, adapter_name: str, config: VLPromptConfig, backbone: Backbone, key: str) -> None:
         raise NotImplementedError
 
     def enabled_adapters(self, store: nn.Module | dict) -> list[str]:
@@ -180,7 +180,7 @@ class VLPromptTuner(BaseTuner):
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
         # Targets come from the backbone, so resolve them here; `PeftModel.add_adapter` calls this directly (it skips
         # the pre/post injection hooks), so all per-adapter setup lives here.
-        backbone = ClipBackbone.from_model(model)
+        backbone = backbone_for(model)
         config = self.peft_config[adapter_name]
         config.validate_for_backbone(backbone)
         config.target_modules = config.target_module_names(backbone)
@@ -318,7 +318,7 @@ def check_adapter_fits(model: nn.Module, state_dict: dict, config: PeftConfig, a
         f"`{_short_key(key, adapter_name)}` has shape {saved} in the saved adapter but {expected} in this model"
         for key, saved, expected in mismatched
     )
-    b = ClipBackbone.from_model(model)
+    b = backbone_for(model)
     method = getattr(config.peft_type, "value", config.peft_type).lower()
     raise ValueError(
         f"adapter {adapter_name!r} ({method}) does not fit this base model: {details} ({_source(config)}). This "

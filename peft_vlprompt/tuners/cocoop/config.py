@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from ...backbones import ClipBackbone
+from ...backbones import Backbone
 from ..coop.config import CoOpConfig
 
 
@@ -55,10 +55,10 @@ class CoCoOpConfig(CoOpConfig):
         if self.meta_net_reduction < 1:
             raise ValueError(f"`meta_net_reduction` must be >= 1, got {self.meta_net_reduction}")
 
-    def meta_net_hidden_size(self, backbone: ClipBackbone) -> int:
+    def meta_net_hidden_size(self, backbone: Backbone) -> int:
         return backbone.projection_dim // self.meta_net_reduction
 
-    def validate_for_backbone(self, backbone: ClipBackbone) -> None:
+    def validate_for_backbone(self, backbone: Backbone) -> None:
         super().validate_for_backbone(backbone)
         if self.meta_net_hidden_size(backbone) < 1:
             raise ValueError(

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...backbones import ClipBackbone
+from ...backbones import Backbone
 from ..base import prompt_layers
 from ..coop.layer import ContextEmbedding
 from .config import CoCoOpConfig
@@ -39,7 +39,7 @@ class ConditionalContextEmbedding(ContextEmbedding):
         self.image_features: torch.Tensor | None = None
         self.row_images: torch.Tensor | None = None
 
-    def update_layer(self, adapter_name: str, config: CoCoOpConfig, backbone: ClipBackbone, key: str) -> None:
+    def update_layer(self, adapter_name: str, config: CoCoOpConfig, backbone: Backbone, key: str) -> None:
         super().update_layer(adapter_name, config, backbone, key)
         weight = self.base_layer.weight
         hidden = config.meta_net_hidden_size(backbone)

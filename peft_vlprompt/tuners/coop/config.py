@@ -3,8 +3,7 @@
 import logging
 from dataclasses import dataclass, field
 
-from ...backbones import ClipBackbone
-from ...backbones.clip import TOKEN_EMBEDDING
+from ...backbones import Backbone
 from ..base import VLPromptConfig
 from ..tokens import PLACEHOLDER_TOKEN, PLACEHOLDER_TOKEN_ID, class_text, clip_token_ids
 
@@ -192,10 +191,10 @@ class CoOpConfig(VLPromptConfig):
         """Whether each class has its own context (CSC, unless `ctx_init` is set and `class_specific_init` shares)."""
         return self.class_specific and (self.ctx_init is None or self.class_specific_init == "per_class")
 
-    def target_module_names(self, backbone: ClipBackbone) -> list[str]:
-        return [TOKEN_EMBEDDING]
+    def target_module_names(self, backbone: Backbone) -> list[str]:
+        return [backbone.token_embedding]
 
-    def validate_for_backbone(self, backbone: ClipBackbone) -> None:
+    def validate_for_backbone(self, backbone: Backbone) -> None:
         if self.placeholder_token_id >= backbone.vocab_size:
             raise ValueError(
                 f"`placeholder_token_id`={self.placeholder_token_id} is outside the model's vocabulary "

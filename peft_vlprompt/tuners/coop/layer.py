@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from ...backbones import ClipBackbone
+from ...backbones import Backbone
 from ..base import VLPromptLayer
 from .config import CoOpConfig
 
@@ -72,7 +72,7 @@ class ContextEmbedding(VLPromptLayer):
         self.eot_index = None  # the backbone's EOT locator (front/middle layouts count back from it)
         self.row_classes: torch.Tensor | None = None
 
-    def update_layer(self, adapter_name: str, config: CoOpConfig, backbone: ClipBackbone, key: str) -> None:
+    def update_layer(self, adapter_name: str, config: CoOpConfig, backbone: Backbone, key: str) -> None:
         self.coop_ctx[adapter_name] = nn.Parameter(initial_context(config, self.base_layer))
         self.coop_layout[adapter_name] = config.class_token_position
         self.eot_index = backbone.eot_index

@@ -3,8 +3,7 @@ prefix prompts), and PromptSRC's config (Khattak et al., ICCV'23), which is IVLP
 
 from dataclasses import dataclass, field
 
-from ...backbones import ClipBackbone
-from ...backbones.clip import TOKEN_EMBEDDING, VISION_EMBEDDINGS
+from ...backbones import Backbone
 from ..base import VLPromptConfig
 from ..tokens import PLACEHOLDER_TOKEN, PLACEHOLDER_TOKEN_ID, class_text, clip_token_ids
 
@@ -215,7 +214,7 @@ class DeepPromptConfig(VLPromptConfig):
         """Replace mode: token positions after BOS that text prompts may replace (0 in prefix mode)."""
         return max(self.text_lengths or [0]) if self.mode == "replace" else 0
 
-    def validate_for_backbone(self, backbone: ClipBackbone) -> None:
+    def validate_for_backbone(self, backbone: Backbone) -> None:
         for name, lengths, layers, tower in (
             ("text_lengths", self.text_lengths, backbone.text_layers, "text"),
             ("vision_lengths", self.vision_lengths, backbone.vision_layers, "vision"),
@@ -236,7 +235,7 @@ class DeepPromptConfig(VLPromptConfig):
                 f"{prefix_tokens} text prompt slots do not fit the text tower's {backbone.max_positions} positions"
             )
 
-    def layer_specs(self, backbone: ClipBackbone) -> dict[str, LayerSpec]:
+    def layer_specs(self, backbone: Backbone) -> dict[str, LayerSpec]:
         """Module path -> what the wrapper at that path does (only layers with prompts)."""
         specs = {}
         for tower, lengths, width in (
@@ -249,22 +248,22 @@ class DeepPromptConfig(VLPromptConfig):
                     continue
                 kind = "attention" if self.mode == "prefix" else ("embedding" if index == 0 else "layer")
                 coupled = self.coupling == "maple" and tower == "vision"
-                path = self.module_path(tower, index)
+                path = self.module_path(tower, index, backbone)
                 specs[path] = LayerSpec(tower, index, kind, length, width, carried, coupled)
                 if self.mode == "replace" and tower == "vision":
                     carried = length  # later layers drop these before appending their own
         return specs
 
-    def module_path(self, tower: str, index: int) -> str:
-        """Path of the module holding the prompts of `tower` at `index`."""
+    def module_path(self, tower: str, index: int, backbone: Backbone | type[Backbone]) -> str:
+        """Path of the module holding the prompts of `tower` at `index` in a model of `backbone`'s family."""
         if self.mode == "prefix":
-            return ClipBackbone.text_attention(index) if tower == "text" else ClipBackbone.vision_attention(index)
+            return backbone.text_attention(index) if tower == "text" else backbone.vision_attention(index)
         if index == 0:
-            return TOKEN_EMBEDDING if tower == "text" else VISION_EMBEDDINGS
-        return ClipBackbone.text_layer(index) if tower == "text" else ClipBackbone.vision_layer(index)
+            return backbone.token_embedding if tower == "text" else backbone.vision_embeddings
+        return backbone.text_layer(index) if tower == "text" else backbone.vision_layer(index)
 
-    def target_module_names(self, backbone: ClipBackbone) -> list[str]:
-        ensemble = [TOKEN_EMBEDDING] if self.text_input == "ensemble" else []  # `tuners.dpl.ensemble`
+    def target_module_names(self, backbone: Backbone) -> list[str]:
+        ensemble = [backbone.token_embedding] if self.text_input == "ensemble" else []  # `tuners.dpl.ensemble`
         return list(self.layer_specs(backbone)) + ensemble
 
     # -- text fed to the text tower -------------------------------------------------------------------------------

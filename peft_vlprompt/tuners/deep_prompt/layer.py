@@ -8,7 +8,7 @@ dict (`deep_source`, set by the tuner after injection) so it is not registered t
 import torch
 from torch import nn
 
-from ...backbones import ClipBackbone
+from ...backbones import Backbone
 from ..base import VLPromptLayer
 from .config import DeepPromptConfig, LayerSpec
 
@@ -51,7 +51,7 @@ class DeepPromptLayer(VLPromptLayer):
         self.deep_spec: dict[str, LayerSpec] = {}
         self.deep_source: dict[str, DeepPromptLayer] = {}  # coupling: text-side wrapper of the same index
 
-    def update_layer(self, adapter_name: str, config: DeepPromptConfig, backbone: ClipBackbone, key: str) -> None:
+    def update_layer(self, adapter_name: str, config: DeepPromptConfig, backbone: Backbone, key: str) -> None:
         spec = config.layer_specs(backbone)[key]
         self.check_spec(spec, key)
         if spec.coupled:

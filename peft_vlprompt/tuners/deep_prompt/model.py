@@ -2,8 +2,7 @@
 
 from torch import nn
 
-from ...backbones import ClipBackbone, unwrap_clip
-from ...backbones.clip import TOKEN_EMBEDDING
+from ...backbones import Backbone, family_of, unwrap_model
 from ..base import VLPromptLayer, VLPromptTuner
 from .config import DeepPromptConfig
 from .layer import DeepPromptLayer, DeepTextLayer, DeepVisionLayer, TextContextEmbedding, VisionPromptEmbeddings
@@ -19,19 +18,19 @@ WRAPPERS: dict[tuple[str, str], type[DeepPromptLayer]] = {
 }
 
 
-def link_deep_prompts(model: nn.Module, config: DeepPromptConfig, adapter_name: str, backbone: ClipBackbone) -> None:
+def link_deep_prompts(model: nn.Module, config: DeepPromptConfig, adapter_name: str, backbone: Backbone) -> None:
     """Give coupled vision wrappers their text-side source and prefix wrappers their layer's LN1 (plain references)."""
     for path, spec in config.layer_specs(backbone).items():
         wrapper = model.get_submodule(path)
         if spec.coupled:
-            wrapper.deep_source[adapter_name] = model.get_submodule(config.module_path("text", spec.index))
+            wrapper.deep_source[adapter_name] = model.get_submodule(config.module_path("text", spec.index, backbone))
         if isinstance(wrapper, PrefixAttention):
-            wrapper.set_norm(model.get_submodule(ClipBackbone.attention_norm(path)))
+            wrapper.set_norm(model.get_submodule(backbone.attention_norm(path)))
 
 
 def deep_prompt_wrapper(model: nn.Module, config: DeepPromptConfig, tower: str, index: int) -> DeepPromptLayer:
     """The wrapper holding the prompts of `tower` at `index` in `model` (a `PeftModel`, tuner or `CLIPModel`)."""
-    return unwrap_clip(model).get_submodule(config.module_path(tower, index))
+    return unwrap_model(model).get_submodule(config.module_path(tower, index, family_of(model)))
 
 
 class DeepPromptModel(VLPromptTuner):
@@ -40,7 +39,7 @@ class DeepPromptModel(VLPromptTuner):
     prefix = "deep_"
 
     def wrapper_for(self, config: DeepPromptConfig, key: str) -> type[VLPromptLayer]:
-        if config.text_input == "ensemble" and key == TOKEN_EMBEDDING:
+        if config.text_input == "ensemble" and key == self._backbone.token_embedding:
             from ..dpl.ensemble import EnsembleTextEmbedding
 
             return EnsembleTextEmbedding

@@ -19,7 +19,7 @@ import logging
 
 from torch import nn
 
-from ...backbones import ClipBackbone
+from ...backbones import Backbone, backbone_for
 from .config import DeepPromptConfig, PromptSRCConfig
 
 logger = logging.getLogger(__name__)
@@ -28,19 +28,19 @@ CTX_INIT = "a photo of a"
 VPT_TEXT_TEMPLATE = "a photo of a {}."
 
 
-def tower_layers(model_or_layers: ClipBackbone | nn.Module | int | tuple[int, int]) -> tuple[int, int]:
+def tower_layers(model_or_layers: Backbone | nn.Module | int | tuple[int, int]) -> tuple[int, int]:
     """(text layers, vision layers) of a backbone, a (peft-wrapped) CLIP model, an int (both) or a pair."""
-    if isinstance(model_or_layers, ClipBackbone):
+    if isinstance(model_or_layers, Backbone):
         return model_or_layers.text_layers, model_or_layers.vision_layers
     if isinstance(model_or_layers, nn.Module):
-        backbone = ClipBackbone.from_model(model_or_layers)
+        backbone = backbone_for(model_or_layers)
         return backbone.text_layers, backbone.vision_layers
     if isinstance(model_or_layers, int) and not isinstance(model_or_layers, bool):
         return model_or_layers, model_or_layers
     if isinstance(model_or_layers, tuple) and len(model_or_layers) == 2:
         return int(model_or_layers[0]), int(model_or_layers[1])
     raise TypeError(
-        f"expected a ClipBackbone, a CLIP model, a layer count or a (text, vision) pair, got {model_or_layers!r}"
+        f"expected a Backbone, a supported model, a layer count or a (text, vision) pair, got {model_or_layers!r}"
     )
 
 

@@ -3,7 +3,7 @@ IJCAI 2025, https://arxiv.org/abs/2501.00457)."""
 
 from dataclasses import dataclass, field
 
-from ...backbones import ClipBackbone
+from ...backbones import Backbone
 from ..base import VLPromptConfig
 
 TOWERS = ("text", "vision")
@@ -123,7 +123,7 @@ class DPLSearchConfig(VLPromptConfig):
     def searched_towers(self) -> list[str]:
         return [tower for tower in TOWERS if self.candidates(tower) != [0]]
 
-    def target_module_names(self, backbone: ClipBackbone) -> list[str]:
+    def target_module_names(self, backbone: Backbone) -> list[str]:
         names = []
         if "text" in self.searched_towers():
             names += [backbone.text_attention(i) for i in range(backbone.text_layers)]
@@ -131,7 +131,7 @@ class DPLSearchConfig(VLPromptConfig):
             names += [backbone.vision_attention(i) for i in range(backbone.vision_layers)]
         return names
 
-    def validate_for_backbone(self, backbone: ClipBackbone) -> None:
+    def validate_for_backbone(self, backbone: Backbone) -> None:
         longest_text = max(self.text_candidates)
         if longest_text > backbone.max_positions - MIN_TEXT_TOKENS:
             raise ValueError(

@@ -13,7 +13,7 @@ import functools
 import torch
 from torch import nn
 
-from ...backbones import ClipBackbone
+from ...backbones import Backbone
 from ..base import VLPromptLayer
 from ..tokens import clip_token_ids
 
@@ -54,7 +54,7 @@ class EnsembleTextEmbedding(VLPromptLayer):
         self.ensemble_templates: dict[str, tuple[str, ...]] = {}
         self.eot_index = None
 
-    def update_layer(self, adapter_name: str, config, backbone: ClipBackbone, key: str) -> None:
+    def update_layer(self, adapter_name: str, config, backbone: Backbone, key: str) -> None:
         self.ensemble_templates[adapter_name] = tuple(ensemble_templates())
         self.eot_index = backbone.eot_index
         self.set_adapter(self.active_adapters)

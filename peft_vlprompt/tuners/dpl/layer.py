@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from ...backbones import ClipBackbone
+from ...backbones import Backbone
 from ..base import VLPromptLayer
 from .config import DPLSearchConfig
 from .mixing import efficient_mixture, naive_mixture, token_bias
@@ -69,7 +69,7 @@ class SupernetAttention(VLPromptLayer):
         self.target_key = ""
         self.max_positions = 0
 
-    def update_layer(self, adapter_name: str, config: DPLSearchConfig, backbone: ClipBackbone, key: str) -> None:
+    def update_layer(self, adapter_name: str, config: DPLSearchConfig, backbone: Backbone, key: str) -> None:
         self.tower = backbone.tower_of(key)
         self.layer_index = int(key.split(".")[-2])
         self.target_key = key

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from ...backbones import ClipBackbone
+from ...backbones import backbone_for
 from ..base import VLPromptTuner
 from .config import TOWERS
 from .layer import SupernetAttention
@@ -26,7 +26,7 @@ class DPLSearchModel(VLPromptTuner):
 
     def _link_layers(self, model: nn.Module, adapter_name: str) -> None:
         for layer in supernet_layers(model):
-            layer.set_norm(model.get_submodule(ClipBackbone.attention_norm(layer.target_key)))
+            layer.set_norm(model.get_submodule(self._backbone.attention_norm(layer.target_key)))
 
 
 def supernet_layers(model: nn.Module, tower: str | None = None) -> list[SupernetAttention]:
@@ -77,7 +77,7 @@ def chosen_lengths(model: nn.Module, adapter_name: str = "default") -> dict[str,
 
     Ties go to the first (shortest) candidate, as `torch.argmax` does.
     """
-    backbone = ClipBackbone.from_model(model)
+    backbone = backbone_for(model)
     out = {"text": [0] * backbone.text_layers, "vision": [0] * backbone.vision_layers}
     for tower in TOWERS:
         for layer in _layers_with(model, adapter_name, tower):

@@ -4,8 +4,7 @@ https://arxiv.org/abs/2403.06136; released code `Yaphabates/RESTORE_@4c64a17`, t
 import re
 from dataclasses import dataclass, field
 
-from ...backbones import ClipBackbone
-from ...backbones.clip import TEXT_PROJECTION, VISUAL_PROJECTION
+from ...backbones import Backbone
 from ..deep_prompt.config import DeepPromptConfig
 from ..deep_prompt.presets import CTX_INIT, depth_lengths, tower_layers
 
@@ -99,8 +98,8 @@ class RestoreAdapterConfig(DeepPromptConfig):
         """Indices >= 1 whose vision prompts are coupled to text prompts (the layers RESTORE's shift terms use)."""
         return [i for i, n in enumerate(self.vision_lengths or ()) if i >= 1 and n]
 
-    def target_module_names(self, backbone: ClipBackbone) -> list[str]:
-        return super().target_module_names(backbone) + [TEXT_PROJECTION, VISUAL_PROJECTION]
+    def target_module_names(self, backbone: Backbone) -> list[str]:
+        return super().target_module_names(backbone) + [backbone.text_projection, backbone.visual_projection]
 
 
 def dataset_key(name: str) -> str:

@@ -4,8 +4,7 @@ import torch
 from peft.tuners._buffer_dict import BufferDict
 from torch import nn
 
-from ...backbones import ClipBackbone
-from ...backbones.clip import TEXT_PROJECTION
+from ...backbones import Backbone
 from ..base import VLPromptLayer
 from .config import RestoreAdapterConfig
 
@@ -36,14 +35,14 @@ class SurgeryAdapter(VLPromptLayer):
         self.restore_init_norms = BufferDict(persistent=True)
         self.restore_tower: dict[str, str] = {}
 
-    def update_layer(self, adapter_name: str, config: RestoreAdapterConfig, backbone: ClipBackbone, key: str) -> None:
+    def update_layer(self, adapter_name: str, config: RestoreAdapterConfig, backbone: Backbone, key: str) -> None:
         weight = self.base_layer.weight
         dim, hidden = backbone.projection_dim, backbone.projection_dim * config.adapter_hidden_mult
         factory = dict(device=weight.device, dtype=torch.float32)
         self.restore_norm[adapter_name] = nn.LayerNorm(dim, **factory).to(weight.dtype)
         self.restore_fc1[adapter_name] = nn.Linear(dim, hidden, **factory).to(weight.dtype)
         self.restore_fc2[adapter_name] = nn.Linear(hidden, dim, **factory).to(weight.dtype)
-        tower = "text" if key == TEXT_PROJECTION else "vision"
+        tower = backbone.tower_of(key)
         ratio = config.text_ratio if tower == "text" else config.vision_ratio
         self.restore_tower[adapter_name] = tower
         self.restore_ratio[adapter_name] = torch.tensor(float(ratio), device=weight.device)

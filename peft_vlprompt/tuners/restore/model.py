@@ -5,8 +5,7 @@ import logging
 import torch
 from torch import nn
 
-from ...backbones import unwrap_clip
-from ...backbones.clip import TEXT_PROJECTION, VISUAL_PROJECTION
+from ...backbones import family_of, unwrap_model
 from ..base import VLPromptLayer
 from ..deep_prompt.model import DeepPromptModel
 from .config import RestoreAdapterConfig
@@ -23,10 +22,10 @@ def gram_norm(prompts: torch.Tensor) -> torch.Tensor:
 
 def prompt_pairs(clip: nn.Module, config: RestoreAdapterConfig, adapter_name: str) -> list[tuple[torch.Tensor, ...]]:
     """(P_t, P_v) of every deep layer, P_v being the coupled projection of P_t (with gradients)."""
-    pairs = []
+    pairs, family = [], family_of(clip)
     for index in config.deep_layers:
-        text = clip.get_submodule(config.module_path("text", index))
-        vision = clip.get_submodule(config.module_path("vision", index))
+        text = clip.get_submodule(config.module_path("text", index, family))
+        vision = clip.get_submodule(config.module_path("vision", index, family))
         pairs.append((text.prompts(adapter_name), vision.prompts(adapter_name)))
     return pairs
 
@@ -49,14 +48,14 @@ def restore_adapter(model: nn.Module, adapter_name: str | None = None) -> tuple[
 
 
 def surgery_adapters(model: nn.Module) -> tuple[SurgeryAdapter, SurgeryAdapter]:
-    clip = unwrap_clip(model)
-    return clip.get_submodule(TEXT_PROJECTION), clip.get_submodule(VISUAL_PROJECTION)
+    clip, family = unwrap_model(model), family_of(model)
+    return clip.get_submodule(family.text_projection), clip.get_submodule(family.visual_projection)
 
 
 def restore_prompt_pairs(model: nn.Module, adapter_name: str | None = None) -> list[tuple[torch.Tensor, ...]]:
     """(P_t, P_v) per deep layer of the RESTORE adapter of `model` (a `PeftModel`), with gradients."""
     adapter_name, config = restore_adapter(model, adapter_name)
-    return prompt_pairs(unwrap_clip(model), config, adapter_name)
+    return prompt_pairs(unwrap_model(model), config, adapter_name)
 
 
 @torch.no_grad()
@@ -75,7 +74,7 @@ def update_restore_ratios(model: nn.Module, epoch: int, num_epochs: int, adapter
     text_adapter, vision_adapter = surgery_adapters(model)
     if epoch < num_epochs // 3 or bool(text_adapter.restore_updated[adapter_name]):
         return False
-    pairs = prompt_pairs(unwrap_clip(model), config, adapter_name)
+    pairs = prompt_pairs(unwrap_model(model), config, adapter_name)
     if pairs:
         shift_t = torch.stack([gram_norm(p_t) for p_t, _ in pairs]).mean()
         shift_v = torch.stack([gram_norm(p_v) for _, p_v in pairs]).mean()
@@ -104,7 +103,7 @@ class RestoreModel(DeepPromptModel):
     prefix = "restore_"
 
     def wrapper_for(self, config: RestoreAdapterConfig, key: str) -> type[VLPromptLayer]:
-        if key in (TEXT_PROJECTION, VISUAL_PROJECTION):
+        if key in (self._backbone.text_projection, self._backbone.visual_projection):
             return SurgeryAdapter
         return super().wrapper_for(config, key)
 
@@ -115,7 +114,8 @@ class RestoreModel(DeepPromptModel):
         pairs = prompt_pairs(model, config, adapter_name)
         if any(p.is_meta for pair in pairs for p in pair):
             return  # low_cpu_mem_usage loading: the saved values are loaded next
-        text_adapter, vision_adapter = model.get_submodule(TEXT_PROJECTION), model.get_submodule(VISUAL_PROJECTION)
+        text_adapter = model.get_submodule(self._backbone.text_projection)
+        vision_adapter = model.get_submodule(self._backbone.visual_projection)
         with torch.no_grad():
             for adapter, tower in ((text_adapter, 0), (vision_adapter, 1)):
                 norms = adapter.restore_init_norms[adapter_name]
