@@ -181,3 +181,45 @@ def test_a_new_family_is_one_registered_class(monkeypatch):
     with pytest.raises(TypeError, match=r"supports clip \(model_type clip\), dual_test \(model_type dual_test\)"):
         backbone_for(_tiny_bert())
     assert register(DualBackbone) is DualBackbone and FAMILIES["dual_test"] is DualBackbone
+
+
+def test_the_classifier_follows_the_logit_rule_of_the_family(monkeypatch):
+    from peft_vlprompt import PromptClassifier
+    from tests.tiny import pixels, tokenizer
+
+    model = tiny_clip().eval()
+    names, images = ["cat", "dog"], pixels()
+    with torch.no_grad():  # by hand: exp(log-scale) * cosine of the template prompts and the images
+        ids = tokenizer()([f"a photo of a {n}." for n in names], padding=True, return_tensors="pt")
+        text = torch.nn.functional.normalize(model.get_text_features(**ids).pooler_output, dim=-1)
+        image = torch.nn.functional.normalize(model.get_image_features(pixel_values=images).pooler_output, dim=-1)
+        cosine = model.logit_scale.exp() * image @ text.t()
+        softmax_logits = PromptClassifier(model, tokenizer(), names, template="a photo of a {}.")(images)
+        torch.testing.assert_close(softmax_logits, cosine)
+        # a sigmoid family (SigLIP's rule): the learned bias is added, so `predict` thresholds see it
+        monkeypatch.setattr(ClipBackbone, "logit_rule", "sigmoid")
+        model.logit_bias = nn.Parameter(torch.tensor([-3.5]))
+        sigmoid_logits = PromptClassifier(model, tokenizer(), names, template="a photo of a {}.")(images)
+        torch.testing.assert_close(sigmoid_logits, cosine - 3.5)
+
+
+def test_attention_projections_are_named_by_the_family():
+    from peft_vlprompt.backbones import attention_projections
+
+    @dataclass(frozen=True)
+    class OtherBackbone(Backbone):
+        attention_projections = {"q": "wq", "o": "wo"}
+
+        @classmethod
+        def text_attention(cls, index):
+            return f"txt.blocks.{index}.attn"
+
+        @classmethod
+        def vision_attention(cls, index):
+            return f"img.blocks.{index}.attn"
+
+    assert attention_projections(1, 2, ("q", "o"), ("vision",), OtherBackbone) == [
+        "img.blocks.0.attn.wq", "img.blocks.0.attn.wo", "img.blocks.1.attn.wq", "img.blocks.1.attn.wo"]  # fmt: skip
+    assert attention_projections(1, 1, ("v",), ("text",)) == ["text_model.encoder.layers.0.self_attn.v_proj"]
+    with pytest.raises(ValueError, match=r"must be among \['o', 'q'\]"):
+        attention_projections(1, 1, ("k",), ("text",), OtherBackbone)

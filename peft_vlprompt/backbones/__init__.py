@@ -3,8 +3,17 @@
 `backbone_for(model)` gives a model's `Backbone`; `load_backbone(path)` loads any supported checkpoint. Each family
 is one file registering a `Backbone` subclass (importing it here registers it)."""
 
-from .base import FAMILIES, Backbone, backbone_for, family_of, load_backbone, register, unwrap_model
-from .clip import ClipBackbone, attention_projections, unwrap_clip
+from .base import (
+    FAMILIES,
+    Backbone,
+    attention_projections,
+    backbone_for,
+    family_of,
+    load_backbone,
+    register,
+    unwrap_model,
+)
+from .clip import ClipBackbone, unwrap_clip
 
 __all__ = [
     "FAMILIES",

@@ -231,6 +231,30 @@ def backbone_for(model: nn.Module) -> Backbone:
     return family_of(model).from_model(unwrap_model(model))
 
 
+def attention_projections(
+    text_layers: int,
+    vision_layers: int,
+    projections=("q", "k", "v"),
+    towers=("text", "vision"),
+    family: Backbone | type[Backbone] | None = None,
+) -> list[str]:
+    """Full module names of the attention projections `projections` (of q, k, v, o) in every layer of `towers`
+    (CLIP-LoRA's targets: q/k/v of every layer of both towers) in a model of `family` (default: the first
+    registered, CLIP). Full names, so peft matches exactly these."""
+    family = family or next(iter(FAMILIES.values()))
+    names_of = family.attention_projections
+    bad = sorted(set(projections) - set(names_of)) + sorted(set(towers) - {"text", "vision"})
+    if bad or not projections or not towers:
+        raise ValueError(f"attention projections must be among {sorted(names_of)} and towers among "
+                         f"['text', 'vision'] (neither empty), got {list(projections)} and {list(towers)}")  # fmt: skip
+    names = []
+    for tower in towers:
+        layers, path = (text_layers, family.text_attention) if tower == "text" else (
+            vision_layers, family.vision_attention)  # fmt: skip
+        names += [f"{path(i)}.{names_of[p]}" for i in range(layers) for p in projections]
+    return names
+
+
 def load_backbone(path: str):
     """`(model, tokenizer, image_processor)` from a folder or Hub id through `AutoModel` / `AutoImageProcessor`.
 

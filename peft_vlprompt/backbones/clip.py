@@ -139,23 +139,6 @@ def shipped_tokenizer():
     return CLIPTokenizer.from_pretrained(clip_tokenizer_path())
 
 
-def attention_projections(
-    text_layers: int, vision_layers: int, projections=("q", "k", "v"), towers=("text", "vision")
-) -> list[str]:
-    """Full module names of the attention projections `projections` (of q, k, v, o) in every layer of `towers`
-    (CLIP-LoRA's targets: q/k/v of every layer of both towers). Full names, so peft matches exactly these."""
-    bad = sorted(set(projections) - set(ATTENTION_PROJECTIONS)) + sorted(set(towers) - {"text", "vision"})
-    if bad or not projections or not towers:
-        raise ValueError(f"attention projections must be among {sorted(ATTENTION_PROJECTIONS)} and towers among "
-                         f"['text', 'vision'] (neither empty), got {list(projections)} and {list(towers)}")  # fmt: skip
-    names = []
-    for tower in towers:
-        layers, path = (text_layers, ClipBackbone.text_attention) if tower == "text" else (
-            vision_layers, ClipBackbone.vision_attention)  # fmt: skip
-        names += [f"{path(i)}.{ATTENTION_PROJECTIONS[p]}" for i in range(layers) for p in projections]
-    return names
-
-
 # -- the text tower, for encoders that run it layer by layer (shared-prefix text encoding) --------------------------
 TEXT_IS_CAUSAL = ClipBackbone.text_is_causal
 TEXT_ATTENTION_IMPLEMENTATIONS = ClipBackbone.text_attention_implementations

@@ -9,8 +9,9 @@ encodes the template prompts, the LoRA-modified image tower the images.
 """
 
 from peft import LoraConfig
+from torch import nn
 
-from ..backbones import attention_projections
+from ..backbones import Backbone, attention_projections, family_of
 from ..tuners.deep_prompt.presets import tower_layers
 
 # The published settings (the released `run_utils.py` defaults), also read by the training preset and the tests
@@ -39,7 +40,7 @@ def clip_lora_config(
     towers: list[str] | tuple[str, ...] = CLIP_LORA_RECIPE["towers"],
     **kwargs,
 ) -> LoraConfig:
-    """CLIP-LoRA's `LoraConfig` for a backbone (a `ClipBackbone`, a CLIP model, a layer count or a (text, vision)
+    """CLIP-LoRA's `LoraConfig` for a backbone (a `Backbone`, a supported model, a layer count or a (text, vision)
     pair): `projections` (of "q", "k", "v", "o") of every layer of `towers` ("text", "vision"); other `LoraConfig`
     fields through `kwargs`. The module names come from `peft_vlprompt.backbones`."""
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
@@ -49,6 +50,8 @@ def clip_lora_config(
     if "target_modules" in kwargs:
         raise ValueError("`target_modules` is computed from `projections` and `towers`: set those instead")
     text_layers, vision_layers = tower_layers(model_or_layers)
-    targets = attention_projections(text_layers, vision_layers, tuple(projections), tuple(towers))
+    family = model_or_layers if isinstance(model_or_layers, Backbone) else None  # counts alone: the default family
+    family = family_of(model_or_layers) if isinstance(model_or_layers, nn.Module) else family
+    targets = attention_projections(text_layers, vision_layers, tuple(projections), tuple(towers), family)
     return LoraConfig(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets, bias="none",
                       **kwargs)  # fmt: skip
