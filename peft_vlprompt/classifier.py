@@ -129,8 +129,11 @@ class PromptClassifier(nn.Module):
         return config.prompt_texts(self.classnames, self.template)
 
     def tokenize(self, texts: list[str], config: VLPromptConfig | None = None) -> torch.Tensor:
-        """Token ids padded to the longest prompt; checks the length per class."""
-        ids = self.tokenizer(texts, padding=True, truncation=False, return_tensors="pt")["input_ids"]
+        """Token ids padded as the backbone needs (to the longest prompt under causal text attention, else to the
+        full length it was trained with); checks the length per class."""
+        pad = {"padding": True} if self.backbone.text_padding == "longest" else {
+            "padding": "max_length", "max_length": self.backbone.max_positions}  # fmt: skip
+        ids = self.tokenizer(texts, truncation=False, return_tensors="pt", **pad)["input_ids"]
         if ids.shape[1] > self.backbone.max_positions:
             lengths = [len(self.tokenizer(t)["input_ids"]) for t in texts]
             worst = max(range(len(texts)), key=lengths.__getitem__)

@@ -223,3 +223,16 @@ def test_attention_projections_are_named_by_the_family():
     assert attention_projections(1, 1, ("v",), ("text",)) == ["text_model.encoder.layers.0.self_attn.v_proj"]
     with pytest.raises(ValueError, match=r"must be among \['o', 'q'\]"):
         attention_projections(1, 1, ("k",), ("text",), OtherBackbone)
+
+
+def test_text_is_padded_as_the_family_needs(monkeypatch):
+    from peft_vlprompt import PromptClassifier
+    from tests.tiny import tokenizer
+
+    model = tiny_clip().eval()
+    clf = PromptClassifier(model, tokenizer(), ["cat", "golden retriever"], template="a photo of a {}.")
+    longest = len(tokenizer()("a photo of a golden retriever.")["input_ids"])  # SOS + words + EOT
+    assert clf.tokenize(clf.prompts()).shape == (2, longest)
+    monkeypatch.setattr(ClipBackbone, "text_padding", "max_length")  # a bidirectional family (SigLIP) pads fully
+    ids = clf.tokenize(clf.prompts())
+    assert ids.shape == (2, model.config.text_config.max_position_embeddings)
