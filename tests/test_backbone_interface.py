@@ -236,3 +236,18 @@ def test_text_is_padded_as_the_family_needs(monkeypatch):
     monkeypatch.setattr(ClipBackbone, "text_padding", "max_length")  # a bidirectional family (SigLIP) pads fully
     ids = clf.tokenize(clf.prompts())
     assert ids.shape == (2, model.config.text_config.max_position_embeddings)
+
+
+def test_the_shared_prefix_shortcut_is_taken_only_under_causal_text_attention(monkeypatch):
+    from peft_vlprompt.text_prefix import shared_prefix_text_features
+    from tests.tiny import tokenizer
+
+    model = tiny_clip().eval()
+    texts = [f"a photo of a photo of a photo of a {name}." for name in ("cat", "dog", "bird")]
+    ids = tokenizer()(texts, padding=True, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        shared = shared_prefix_text_features(model, ids)
+        assert shared is not None  # CLIP: causal, the prompts share 10 tokens
+        torch.testing.assert_close(shared, model.get_text_features(input_ids=ids).pooler_output)
+        monkeypatch.setattr(ClipBackbone, "text_is_causal", False)  # bidirectional text (SigLIP): never shared
+        assert shared_prefix_text_features(model, ids) is None
