@@ -58,9 +58,9 @@ def parse_and_check(argv: list[str]):
             sys.modules[name] = stub
             stubs.append(name)
     try:
-        from peft_vlprompt.training.parser import parse_args
         from peft_vlprompt.training.inputs import apply_config_file, check_paths
         from peft_vlprompt.training.method_checks import resolve_method
+        from peft_vlprompt.training.parser import parse_args
 
         args = parse_args(argv)
         resolve_method(args, apply_config_file(args))

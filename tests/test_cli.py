@@ -14,8 +14,8 @@ from huggingface_hub import ModelCard
 
 from peft_vlprompt import CoOpConfig, DeepPromptConfig
 from peft_vlprompt.training import DEFAULT_RUN, main, parse_args
-from peft_vlprompt.training.parser import build_parser
 from peft_vlprompt.training.inputs import apply_config_file
+from peft_vlprompt.training.parser import build_parser
 from tests.test_training_fixtures import register_tiny_dataset, save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]

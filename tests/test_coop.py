@@ -211,5 +211,7 @@ def test_unsupported_base_model_is_a_clear_error():
     from transformers import BertConfig, BertModel
 
     bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
-    with pytest.raises(TypeError, match=r"unsupported model BertModel \(model_type 'bert'\): peft_vlprompt supports clip"):
+    with pytest.raises(
+        TypeError, match=r"unsupported model BertModel \(model_type 'bert'\): peft_vlprompt supports clip"
+    ):
         get_peft_model(bert, CoOpConfig(n_ctx=4))

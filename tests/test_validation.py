@@ -14,8 +14,8 @@ from peft.config import PeftConfig
 
 import peft_vlprompt as vlp
 from peft_vlprompt.training import TrainArguments
-from peft_vlprompt.training.parser import parse_args
 from peft_vlprompt.training.inputs import apply_config_file
+from peft_vlprompt.training.parser import parse_args
 
 # valid companions each config needs besides the field under test
 CONFIGS = {

@@ -159,7 +159,7 @@ METHOD_CARDS: dict[str, MethodCard] = {
         "generic",
         "Low-rank adapters (LoRA) on the query, key and value projections of every attention layer of both towers, "
         "trained with the cross-entropy of the hand-crafted template's logits (CLIP-LoRA, Zanella & Ben Ayed, "
-        "\"Low-Rank Few-Shot Adaptation of Vision-Language Models\", CVPR Workshops 2024). The text tower encodes "
+        '"Low-Rank Few-Shot Adaptation of Vision-Language Models", CVPR Workshops 2024). The text tower encodes '
         "the template prompts, so any class names work; a plain peft LoRA adapter (`merge_and_unload()` works).",
         ("clip_lora",),
     ),

@@ -5,11 +5,11 @@
 """
 
 from .args import DEFAULT_RUN, PROTOCOLS, TrainArguments
-from .parser import parse_args
 from .loop import TrainingModule, main, train
 from .methods import METHODS, MethodSpec, available_methods, get_method, register_training_method
 from .metrics import accuracy, harmonic_mean, mean_per_class_accuracy, per_class_accuracy
 from .objectives import Objective, StepInputs
+from .parser import parse_args
 from .presets import PRESETS, Preset, PresetContext, get_preset
 from .results import format_results
 from .schedule import dassl_lr
