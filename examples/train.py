@@ -115,7 +115,7 @@ if __name__ == "__main__":
     args = parse_and_check(sys.argv[1:])
     quiet_third_party()
     from peft_vlprompt.training import format_results, train
-    from peft_vlprompt.training.loop import check_run
+    from peft_vlprompt.training.preflight import check_run
 
     try:  # the checks that need the package (dataset names, checkpoints, adapter settings); `train` repeats them
         check_run(args)

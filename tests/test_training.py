@@ -281,8 +281,8 @@ def test_presets_follow_the_papers_configs():
 
 
 def test_config_file_sets_method_and_unset_training_arguments(tmp_path):
-    from peft_vlprompt.training.loop import _resolve_method
     from peft_vlprompt.training.parser import parse_args
+    from peft_vlprompt.training.preflight import _resolve_method
     from peft_vlprompt.tuners.deep_prompt import DeepPromptConfig
 
     adapter = DeepPromptConfig(mode="prefix", text_lengths=[1, 0], vision_lengths=[0, 1]).to_dict()

@@ -18,22 +18,19 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from huggingface_hub.constants import REPOCARD_NAME
 from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..backbones import backbone_for
-from ..baselines.regularisers import check_regularisers, with_regularisers
-from ..baselines.selection import EpochSelector, check_selection, check_validation_split
-from ..baselines.training import check_optimizer_args, cosine_lr, iteration_budget, make_optimizer, optimizer_record
+from ..baselines.regularisers import with_regularisers
+from ..baselines.selection import EpochSelector, check_validation_split
+from ..baselines.training import cosine_lr, iteration_budget, make_optimizer, optimizer_record
 from ..classifier import PromptClassifier
-from ..data import make_transform
 from ..finite import check_training_step
 from ..optim import GaussianPromptAggregator, ProGrad
 from ..precision import cast_frozen, frozen_dtype
 from .args import PRESET, TrainArguments
 from .build import (
     EvalSplit,
-    check_dataset_names,
     config_from_dict,
     load_clip,
     load_protocol_data,
@@ -46,31 +43,26 @@ from .checkpoint import (
     CHECKPOINTS_DIR,
     CheckpointManager,
     atomic_write_json,
-    check_checkpoint,
-    check_output_dir,
     clean_stale_temps,
-    resolve_checkpoint,
     save_adapter_atomically,
 )
-from .data import AugmentedViews, CachedViews, EpochSampler, KeyedViews, collate_train
 from .evaluation import Evaluator, make_eval_loader
 from .hooks import epoch_end_hooks, image_conditioned
-from .inputs import apply_config_file, check_paths, read_class_names
+from .loaders import make_train_loader
 from .method_checks import (
-    check_adapter_settings,
     check_method_config,
     check_user_depths,
-    resolve_method,
     user_adapter_settings,
 )
-from .methods import BuildContext, MethodSpec, get_method
+from .methods import BuildContext
 from .objectives import Objective, StepInputs
 from .parser import parse_args
+from .preflight import check_run
 from .presets import PresetContext, apply_preset, get_preset
 from .results import assemble_results
 from .run_record import RunState, check_resume_adapter, check_resume_args, run_signature
 from .schedule import dassl_lr, set_lr
-from .trackers import check_trackers, log_evaluation, start_trackers
+from .trackers import log_evaluation, start_trackers
 
 logger = logging.getLogger(__name__)
 
@@ -99,47 +91,6 @@ class TrainingModule(nn.Module):
         return {"logits": logits, "terms": terms}
 
 
-def _check_device_options(args: TrainArguments) -> None:
-    """fp16 and flash attention need a GPU (and flash-attn): refused before any data or model is loaded."""
-    gpu = torch.cuda.is_available() and not args.cpu
-    if args.mixed_precision == "fp16" and not gpu:
-        where = "`cpu` is set" if args.cpu else "torch.cuda.is_available() is False"
-        raise ValueError(
-            f"`mixed_precision`='fp16' needs a GPU ({where}): use --mixed_precision bf16 or no, and --dtype "
-            "bfloat16 or float32"
-        )
-    if args.attn_implementation == "flash_attention_2":
-        import importlib.util
-
-        if not gpu or importlib.util.find_spec("flash_attn") is None:
-            raise ValueError(
-                "`attn_implementation`='flash_attention_2' needs a GPU and the flash-attn package: use sdpa or eager"
-            )
-
-
-def _resolve_method(args: TrainArguments) -> tuple[MethodSpec, dict | None]:
-    """The method and the `--config` adapter dict; the file's training arguments are merged under the command line's
-    and validated (`args.apply_config_file`), and every check that needs no model or data runs here."""
-    adapter_dict = apply_config_file(args)
-    spec = get_method(resolve_method(args, adapter_dict).name)
-    return spec, adapter_dict
-
-
-def _check_adapter_settings(spec: MethodSpec, adapter_dict: dict | None, args: TrainArguments) -> None:
-    """The adapter config (from the file, or the preset's settings + `--adapter_kwargs`) is valid, before any load."""
-    check_adapter_settings(spec, adapter_dict, args, get_preset(spec.name, PresetContext(args.protocol, args.shots,
-                                                                                          args.dataset)))  # fmt: skip
-
-
-def _expected_peft_type(spec: MethodSpec, adapter_dict: dict | None) -> str | None:
-    if adapter_dict is not None:
-        return peft_type_name(adapter_dict["peft_type"])
-    cls = spec.resolved_config_class()
-    if cls is None:
-        return None
-    return getattr(cls, "method_name", None) or peft_type_name(cls().peft_type)  # peft's own configs (LoRA)
-
-
 def _optimizer_and_prograd(spec, config, preset, args, params):
     optimizer = make_optimizer(spec, preset, args, params)
     if not spec.uses_prograd and args.prograd_lambda is None:
@@ -151,46 +102,6 @@ def _optimizer_and_prograd(spec, config, preset, args, params):
     return prograd, prograd
 
 
-def _train_loader(args, task, image_processor, classifier, accelerator, cache: bool):
-    """The training DataLoader: rendered views, or cached frozen features of `num_views` views per image."""
-    transform = make_transform(image_processor, train=True, scale=tuple(args.train_crop_scale))
-    views = AugmentedViews(task.train, transform, args.seed)
-    dataset, num_views = views, None
-    if cache:
-        num_views = args.num_views
-        dataset = CachedViews(_encode_views(views, num_views, classifier, accelerator, args), task.train["label"])
-    sampler = EpochSampler(len(dataset), args.seed, num_views=num_views)
-    # its own generator: starting an iterator (a resume inside an epoch starts one more) then draws no global random
-    # number, so model randomness (CLIP-LoRA's dropout) continues exactly from a checkpoint's RNG state
-    loader = DataLoader(dataset, sampler=sampler, batch_size=args.batch_size, collate_fn=collate_train,
-                        drop_last=len(dataset) >= args.batch_size * accelerator.num_processes,
-                        num_workers=args.dataloader_num_workers,
-                        generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
-    return loader, sampler
-
-
-@torch.no_grad()
-def _encode_views(views, num_views, classifier, accelerator, args) -> torch.Tensor:
-    """Frozen image features `[num_views, N, D]` of every view, encoded once, sharded over processes."""
-    keyed = KeyedViews(views, num_views)
-    loader = accelerator.prepare_data_loader(
-        DataLoader(
-            keyed, batch_size=args.eval_batch_size, collate_fn=collate_train, num_workers=args.dataloader_num_workers
-        )
-    )
-    out = None
-    classifier.eval()
-    for batch in loader:
-        with accelerator.autocast():
-            feats = classifier.image_features(batch["pixel_values"]).float()
-        feats, pos = accelerator.gather_for_metrics((feats.contiguous(), batch["position"]))
-        if out is None:
-            out = torch.zeros(len(keyed), feats.shape[-1])
-        out[pos.cpu()] = feats.cpu()
-    logger.info("cached %d views x %d images of frozen image features", num_views, len(views))
-    return out.view(num_views, len(views), -1)
-
-
 def _multi_process_without_gpu() -> bool:
     """A torchrun-style launch (WORLD_SIZE > 1) on a machine without CUDA/XPU: DDP on CPU with gloo.
 
@@ -200,44 +111,6 @@ def _multi_process_without_gpu() -> bool:
     xpu = getattr(torch, "xpu", None)
     has_device = torch.cuda.is_available() or (xpu is not None and xpu.is_available())
     return not has_device and int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def _register_dataset_source(args: TrainArguments) -> None:
-    """A --dataset_name/--train_dir dataset is registered under `args.dataset`, so `load_task` applies the protocols
-    (few-shot sampling, base-to-new) to it exactly as to the built-in datasets."""
-    if not args.custom_dataset:
-        return
-    from ..data.hf_datasets import register_source_dataset
-
-    names = None if args.class_names_file is None else read_class_names(args.class_names_file)
-    register_source_dataset(args.dataset.lower(), dataset_name=args.dataset_name,
-                            dataset_config_name=args.dataset_config_name, train_dir=args.train_dir,
-                            validation_dir=args.validation_dir, image_column=args.image_column,
-                            label_column=args.label_column, classnames=names)  # fmt: skip
-
-
-def check_run(args: TrainArguments) -> tuple[MethodSpec, dict | None, Path | None]:
-    """Every check of a run that loads neither data nor a model: `(method, --config adapter dict, checkpoint to resume
-    from)`. `train` starts with it; `examples/train.py` calls it first to end a refused run with one line."""
-    spec, adapter_dict = _resolve_method(args)
-    check_optimizer_args(spec, args)
-    check_regularisers(spec, args)
-    check_selection(spec, args)
-    check_paths(args)
-    _check_adapter_settings(spec, adapter_dict, args)
-    _check_device_options(args)
-    check_trackers(args)
-    if args.output_dir is None:
-        args.output_dir = args.default_output_dir()
-    _register_dataset_source(args)
-    check_dataset_names(args)
-    resume_dir = None
-    if args.resume_from_checkpoint:  # a checkpoint of another method must fail before any work
-        resume_dir = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
-        check_checkpoint(resume_dir, spec.name, _expected_peft_type(spec, adapter_dict))
-    if spec.trains:  # a fresh run into an earlier run's checkpoints fails now, not after an epoch
-        check_output_dir(args.output_dir, resuming=resume_dir is not None)
-    return spec, adapter_dict, resume_dir
 
 
 def train(args: TrainArguments) -> dict:
@@ -368,7 +241,7 @@ def _fit(args, spec, preset, config, model, classifier, module, objective, task,
     module.to(accelerator.device)
     classifier.eval()
     objective.prepare(classifier, vision_prompted)
-    train_loader, sampler = _train_loader(args, task, image_processor, classifier, accelerator, cache)
+    train_loader, sampler = make_train_loader(args, task, image_processor, classifier, accelerator, cache)
     module, optimizer, train_loader = accelerator.prepare(module, optimizer, train_loader)
 
     state = RunState(spec.name, peft_type_name(config.peft_type), run_signature(args))
