@@ -40,6 +40,7 @@ OUT_OF_RANGE = {
     "init_std": 0.0,
     "ctx_init_token_ids": [49406, -1],
     "placeholder_token_id": -1,
+    "token_ids_from": "bert",
     "meta_net_reduction": 0,
     "lambda_": -0.5,
     "temperature": 0.0,

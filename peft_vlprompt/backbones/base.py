@@ -155,6 +155,37 @@ class Backbone:
     def text_layer_parts(cls, layer: nn.Module) -> "TextLayerParts | None":
         return None
 
+    @classmethod
+    def log_logit_scale(cls, model: nn.Module) -> torch.Tensor:
+        """The stored log of the logit scale (what `losses.prograd.teacher_logits` exponentiates)."""
+        return unwrap_model(model).logit_scale
+
+    def layer_index(self, path: str) -> int:
+        """The encoder layer owning the module at `path` (e.g. an attention wrapped by DPL), in its tower."""
+        for count, layer in ((self.text_layers, self.text_layer), (self.vision_layers, self.vision_layer)):
+            for i in range(count):
+                if path == layer(i) or path.startswith(layer(i) + "."):
+                    return i
+        raise ValueError(f"{path!r} is inside no encoder layer of this {self.family} model")
+
+    # -- tokenizer facts (configs resolve their token ids with these when the adapter is injected) -------------------
+    @classmethod
+    def default_tokenizer(cls):
+        """The tokenizer the family's token ids are computed with when no tokenizer is given (the one shipped with
+        the package), or None where the family ships none (configs then need `config.tokenize_with(tokenizer)`)."""
+        return None
+
+    @classmethod
+    def token_ids(cls, text: str) -> list[int]:
+        """Ids of `text` (no special tokens) in the family's default tokenizer; an error if it has none."""
+        tokenizer = cls.default_tokenizer()
+        if tokenizer is None:
+            raise ValueError(
+                f"the {cls.family} family ships no tokenizer, so {text!r} cannot be tokenized for it: call "
+                "`config.tokenize_with(tokenizer)` with the model's tokenizer before creating the adapter"
+            )
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
     # -- loading -----------------------------------------------------------------------------------------------------
     @classmethod
     def load_tokenizer(cls, path: str):
@@ -229,6 +260,12 @@ def family_of(model: nn.Module) -> type[Backbone]:
 def backbone_for(model: nn.Module) -> Backbone:
     """The `Backbone` of `model` (a supported model or a wrapper around one)."""
     return family_of(model).from_model(unwrap_model(model))
+
+
+def default_family() -> type[Backbone]:
+    """The family configs tokenize with before a model is seen (the first registered: CLIP); the ids are resolved
+    again with the model's family when the adapter is injected into a model of another family."""
+    return next(iter(FAMILIES.values()))
 
 
 def attention_projections(

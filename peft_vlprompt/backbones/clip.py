@@ -114,6 +114,10 @@ class ClipBackbone(Backbone):
         return text_layer_parts(layer)
 
     @classmethod
+    def default_tokenizer(cls):
+        return shipped_tokenizer()
+
+    @classmethod
     def load_tokenizer(cls, path: str):
         """The folder's CLIP tokenizer if it tokenizes like CLIP's BPE, else the BPE shipped with the package (toy
         and converted checkpoints often come without vocabulary files)."""

@@ -13,8 +13,8 @@ What they mean when both towers change (LoRA):
 
 import torch
 
-from ..losses import kgcoop_loss, prograd_general_loss, teacher_logits
-from ..training.objectives import Objective, StepInputs
+from ..losses import kgcoop_loss, prograd_general_loss
+from ..training.objectives import Objective, StepInputs, zero_shot_teacher
 
 # methods whose recipe already has the term (set it through --adapter_kwargs there), or where it cannot apply
 _HAS_PROGRAD = {"prograd": "its adapter's `lambda_` (--adapter_kwargs '{\"lambda_\": 0.8}')"}
@@ -57,7 +57,7 @@ class RegularisedObjective(Objective):
         terms = self.base(inputs)
         if self.prograd:
             zs_image = self.zero_shot_image_features(inputs)  # the frozen image tower when the adapter changes it
-            teacher = teacher_logits(zs_image, self.zs_text, inputs.classifier.clip.logit_scale)
+            teacher = zero_shot_teacher(inputs.classifier, zs_image, self.zs_text)
             terms |= prograd_general_loss(inputs.logits, teacher, T=self.temperature)
         if self.kgcoop_weight is not None:
             if inputs.text_features is None:

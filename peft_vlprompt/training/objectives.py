@@ -84,8 +84,7 @@ class ProGradObjective(Objective):
 
     def __call__(self, inputs):
         terms = super().__call__(inputs)
-        clip = inputs.classifier.clip
-        teacher = teacher_logits(self.zero_shot_image_features(inputs), self.zs_text, clip.logit_scale)
+        teacher = zero_shot_teacher(inputs.classifier, self.zero_shot_image_features(inputs), self.zs_text)
         return terms | prograd_general_loss(inputs.logits, teacher, T=self.temperature)
 
 
@@ -141,10 +140,22 @@ class PromptSRCObjective(Objective):
         zs_image = self.zero_shot_image_features(inputs)
         scale = inputs.classifier.logit_scale().detach().float()
         zs_logits = scale * zs_image.float() @ self.zs_text.t()
+        bias = inputs.classifier.backbone.logit_bias(inputs.classifier.model)  # the model's own rule (SigLIP)
+        if bias is not None:
+            zs_logits = zs_logits + bias.detach().float()
         return super().__call__(inputs) | promptsrc_losses(
             inputs.text_features, self.zs_text, inputs.image_features, zs_image, inputs.logits, zs_logits,
             text_weight=self.text_weight, image_weight=self.image_weight,
         )  # fmt: skip
+
+
+def zero_shot_teacher(classifier, image_features: torch.Tensor, zs_text: torch.Tensor) -> torch.Tensor:
+    """Detached zero-shot logits by the backbone's logit rule: scale·cos, plus the bias of sigmoid families (a
+    constant that softmax distillation ignores, kept so the teacher is the frozen model's own logits)."""
+    backbone, model = classifier.backbone, classifier.model
+    teacher = teacher_logits(image_features, zs_text, backbone.log_logit_scale(model))
+    bias = backbone.logit_bias(model)
+    return teacher if bias is None else teacher + bias.detach().to(teacher)
 
 
 def distillation_loss(logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -172,7 +183,7 @@ class DistillationObjective(Objective):
         terms = super().__call__(inputs)
         if self.weight > 0:
             zs_image = self.zero_shot_image_features(inputs)
-            teacher = teacher_logits(zs_image, self.zs_text, inputs.classifier.clip.logit_scale)
+            teacher = zero_shot_teacher(inputs.classifier, zs_image, self.zs_text)
             terms["kd"] = self.weight * distillation_loss(inputs.logits, teacher, self.temperature)
         return terms
 

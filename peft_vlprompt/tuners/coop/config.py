@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from ...backbones import Backbone
 from ..base import VLPromptConfig
-from ..tokens import PLACEHOLDER_TOKEN, PLACEHOLDER_TOKEN_ID, class_text, clip_token_ids
+from ..tokens import PLACEHOLDER_TOKEN, TOKEN_SOURCES, TokenIdsMixin, class_text
 
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 CTX_INIT_SPLITS = ("words", "tokens")
@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class CoOpConfig(VLPromptConfig):
+class CoOpConfig(TokenIdsMixin, VLPromptConfig):
     """Learnable text context placed at fixed positions of the prompt `"X X ... X {class}."`.
 
     The context slots are located by position (known from the layout: right after SOS for `"end"`, before `"."` for
@@ -88,10 +88,26 @@ class CoOpConfig(VLPromptConfig):
     class_token_position: str = field(default="end", metadata={"help": "Where the class name goes: end/middle/front."})
     init_std: float = field(default=0.02, metadata={"help": "Std of the random normal context initialisation."})
     ctx_init_token_ids: list[int] | None = field(
-        default=None, metadata={"help": "CLIP BPE ids of `ctx_init` (derived; stored so loading needs no tokenizer)."}
+        default=None,
+        metadata={
+            "help": "Token ids of `ctx_init` (derived with the tokenizer `token_ids_from` names; stored so "
+            "loading needs no tokenizer)."
+        },
     )
-    placeholder_token_id: int = field(
-        default=PLACEHOLDER_TOKEN_ID, metadata={"help": f"Token id of the placeholder {PLACEHOLDER_TOKEN!r}."}
+    placeholder_token_id: int | None = field(
+        default=None,
+        metadata={
+            "help": f"Token id of the placeholder {PLACEHOLDER_TOKEN!r} (filled from the model's family when "
+            "the adapter is injected; informative: slots are found by position)."
+        },
+    )
+    token_ids_from: str | None = field(
+        default=None,
+        metadata={
+            "choices": TOKEN_SOURCES,
+            "help": "Backbone family whose tokenizer gave the token ids (recomputed on a model of another "
+            "family), or 'tokenizer' when set by `tokenize_with` (derived; leave unset).",
+        },
     )
 
     method_name = "coop"
@@ -120,6 +136,7 @@ class CoOpConfig(VLPromptConfig):
             self._resolve_ctx_init()
         if self.n_ctx < 1:
             raise ValueError(f"`n_ctx` must be >= 1, got {self.n_ctx!r}")
+        self._tokenize_placeholder()
         if self.class_specific and (self.n_classes is None or self.n_classes < 1):
             raise ValueError(f"`class_specific=True` needs `n_classes` >= 1, got `n_classes`={self.n_classes!r}")
         if self.class_specific and self.ctx_init is not None and self.class_specific_init == "shared":
@@ -145,7 +162,16 @@ class CoOpConfig(VLPromptConfig):
     def _resolve_ctx_init(self) -> None:
         # CoOp's own preprocessing of CTX_INIT
         self.ctx_init = self.ctx_init.replace("_", " ").strip()
-        self.ctx_init_token_ids = clip_token_ids(self.ctx_init)
+        self._tokenize_ctx_init()
+        self._check_token_ids()
+
+    def _check_token_ids(self, rederive: bool = False) -> None:
+        # `rederive`: the ids changed (another family's tokenizer); a token-counted context length follows them
+        if rederive and self.ctx_init_split == "tokens" and not self.pad_ctx_init:
+            if self.n_ctx != len(self.ctx_init_token_ids):
+                logger.warning("`ctx_init`=%r has %d tokens in this tokenizer: `n_ctx` becomes %d (was %s)",
+                               self.ctx_init, len(self.ctx_init_token_ids), len(self.ctx_init_token_ids), self.n_ctx)  # fmt: skip
+            self.n_ctx = None
         k = self.n_init
         counted = f"{k} {'words' if self.ctx_init_split == 'words' else 'tokens'}"
         if k > len(self.ctx_init_token_ids):
@@ -195,7 +221,8 @@ class CoOpConfig(VLPromptConfig):
         return [backbone.token_embedding]
 
     def validate_for_backbone(self, backbone: Backbone) -> None:
-        if self.placeholder_token_id >= backbone.vocab_size:
+        self.resolve_tokens(backbone)
+        if self.placeholder_token_id is not None and self.placeholder_token_id >= backbone.vocab_size:
             raise ValueError(
                 f"`placeholder_token_id`={self.placeholder_token_id} is outside the model's vocabulary "
                 f"({backbone.vocab_size} tokens)"

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from ...backbones import Backbone
 from ..base import VLPromptConfig
-from ..tokens import PLACEHOLDER_TOKEN, PLACEHOLDER_TOKEN_ID, class_text, clip_token_ids
+from ..tokens import PLACEHOLDER_TOKEN, TOKEN_SOURCES, TokenIdsMixin, class_text
 
 MODES = ("replace", "prefix")
 TEXT_INPUTS = ("template", "ensemble")
@@ -53,7 +53,7 @@ def _check_lengths(name: str, lengths) -> list[int] | None:
 
 
 @dataclass
-class DeepPromptConfig(VLPromptConfig):
+class DeepPromptConfig(TokenIdsMixin, VLPromptConfig):
     """Learnable prompts at any subset of layers of both CLIP encoders, each layer with its own length.
 
     Index 0 of `text_lengths` is the input context (right after BOS); index 0 of `vision_lengths` is appended after
@@ -128,13 +128,29 @@ class DeepPromptConfig(VLPromptConfig):
         default=None, metadata={"help": "Replace mode: words initialising the input context (MaPLe's quirk kept)."}
     )
     ctx_init_token_ids: list[int] | None = field(
-        default=None, metadata={"help": "CLIP BPE ids of `ctx_init` (derived; stored so loading needs no tokenizer)."}
+        default=None,
+        metadata={
+            "help": "Token ids of `ctx_init` (derived with the tokenizer `token_ids_from` names; stored so "
+            "loading needs no tokenizer)."
+        },
     )
     text_template: str | None = field(
         default=None, metadata={"help": "Fixed text template when the text tower has no slots, e.g. VPT's."}
     )
-    placeholder_token_id: int = field(
-        default=PLACEHOLDER_TOKEN_ID, metadata={"help": f"Token id of the filler {PLACEHOLDER_TOKEN!r} in the slots."}
+    placeholder_token_id: int | None = field(
+        default=None,
+        metadata={
+            "help": f"Token id of the filler {PLACEHOLDER_TOKEN!r} in the slots (filled from the model's family "
+            "when the adapter is injected; informative: slots are found by position)."
+        },
+    )
+    token_ids_from: str | None = field(
+        default=None,
+        metadata={
+            "choices": TOKEN_SOURCES,
+            "help": "Backbone family whose tokenizer gave the token ids (recomputed on a model of another "
+            "family), or 'tokenizer' when set by `tokenize_with` (derived; leave unset).",
+        },
     )
     text_input: str = field(
         default="template",
@@ -179,6 +195,7 @@ class DeepPromptConfig(VLPromptConfig):
                 "(or use a preset such as `ivlp_preset`)"
             )
         self._check_ctx_init()
+        self._tokenize_placeholder()
 
     def _check_coupling(self) -> None:
         text = self.text_lengths
@@ -201,7 +218,10 @@ class DeepPromptConfig(VLPromptConfig):
         if not self.text_lengths or self.text_lengths[0] < 1:
             raise ValueError("`ctx_init` initialises the input context, so `text_lengths[0]` must be >= 1")
         self.ctx_init = self.ctx_init.replace("_", " ").strip()
-        self.ctx_init_token_ids = clip_token_ids(self.ctx_init)
+        self._tokenize_ctx_init()
+        self._check_token_ids()
+
+    def _check_token_ids(self, rederive: bool = False) -> None:
         if self.text_slots > len(self.ctx_init_token_ids):
             raise ValueError(
                 f"`ctx_init` {self.ctx_init!r} has {len(self.ctx_init_token_ids)} tokens, fewer than the "
@@ -224,7 +244,8 @@ class DeepPromptConfig(VLPromptConfig):
                     f"`{name}` has {len(lengths)} entries but the {tower} tower has {layers} layers; give one length "
                     "per layer (0 = no prompt)"
                 )
-        if self.placeholder_token_id >= backbone.vocab_size:
+        self.resolve_tokens(backbone)
+        if self.placeholder_token_id is not None and self.placeholder_token_id >= backbone.vocab_size:
             raise ValueError(
                 f"`placeholder_token_id`={self.placeholder_token_id} is outside the model's vocabulary "
                 f"({backbone.vocab_size} tokens)"

@@ -71,7 +71,7 @@ class SupernetAttention(VLPromptLayer):
 
     def update_layer(self, adapter_name: str, config: DPLSearchConfig, backbone: Backbone, key: str) -> None:
         self.tower = backbone.tower_of(key)
-        self.layer_index = int(key.split(".")[-2])
+        self.layer_index = backbone.layer_index(key)
         self.target_key = key
         self.max_positions = backbone.max_positions
         candidates = list(config.candidates(self.tower))
