@@ -15,11 +15,13 @@ from .base import (
     unwrap_model,
 )
 from .clip import ClipBackbone, unwrap_clip
+from .siglip import SiglipBackbone
 
 __all__ = [
     "FAMILIES",
     "Backbone",
     "ClipBackbone",
+    "SiglipBackbone",
     "attention_projections",
     "backbone_for",
     "default_family",

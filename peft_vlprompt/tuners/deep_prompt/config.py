@@ -245,6 +245,13 @@ class DeepPromptConfig(TokenIdsMixin, VLPromptConfig):
                     "per layer (0 = no prompt)"
                 )
         self.resolve_tokens(backbone)
+        if self.mode == "replace" and any(self.vision_lengths or ()) and backbone.vision_pooling != "cls":
+            # appended tokens would be pooled by an attention-pooling head; dropping them before it is not built yet
+            raise ValueError(
+                f"replace-mode vision prompts (`vision_lengths`={self.vision_lengths}) are not supported on a "
+                f"{backbone.family} model, whose vision tower pools with a head that would attend to them: use "
+                "text prompts only or `mode='prefix'`"
+            )
         if self.placeholder_token_id is not None and self.placeholder_token_id >= backbone.vocab_size:
             raise ValueError(
                 f"`placeholder_token_id`={self.placeholder_token_id} is outside the model's vocabulary "

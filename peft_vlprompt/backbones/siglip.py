@@ -1,0 +1,111 @@
+"""`transformers.SiglipModel` (SigLIP, sigmoid loss): the `Backbone` of the SigLIP family.
+
+How SigLIP differs from CLIP, and what prompts mean on it:
+- Text attention is bidirectional (`SiglipTextModel` builds a bidirectional mask): context tokens see the class name
+  and padding, so the "pad to the longest prompt" and shared-prefix shortcuts are not exact; text is padded to
+  `max_position_embeddings` as SigLIP was trained (`text_padding = "max_length"`), with no attention mask, as
+  `get_text_features(input_ids=...)` runs it.
+- The text is pooled at the last position (`last_hidden_state[:, -1]`, usually padding) and projected by
+  `text_model.head`; `eot_index` gives the first EOS (where the prompt text ends), which CoOp's front/middle layouts
+  count back from.
+- Vision has no CLS token: all patch tokens go through the attention-pooling head (`vision_model.head`, which is also
+  the vision "projection"). Tokens appended to the vision sequence would be pooled by it, so the chosen rule
+  (`vision_pooling = "head"`) is that appended vision prompts are dropped before the head; the deep-prompt layers
+  implementing that drop are not written yet, so vision-prompt methods are not supported on SigLIP yet.
+- Logits are `exp(logit_scale) * cos + logit_bias` (`logit_rule = "sigmoid"`).
+- SigLIP's sentencepiece tokenizer is not shipped with the package (`default_tokenizer()` is None): configs with
+  `ctx_init` need `config.tokenize_with(tokenizer)`. Context slots sit after position 0 as in CLIP prompts, which
+  assumes the tokenizer starts the text with a start token; SigLIP's own tokenizer adds none (left to the next step).
+
+SigLIP 2 (`Siglip2Model`) is not this family: its vision tower takes `pixel_attention_mask` and `spatial_shapes`
+(NaFlex patches), which the classifier does not pass.
+"""
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .base import Backbone, register, unwrap_model
+
+logger = logging.getLogger(__name__)
+
+
+@register
+@dataclass(frozen=True)
+class SiglipBackbone(Backbone):
+    """Sizes and module names of a `transformers.SiglipModel` (fields: see `Backbone`)."""
+
+    family = "siglip"
+    model_type = ("siglip",)
+    token_embedding = "text_model.embeddings.token_embedding"
+    vision_embeddings = "vision_model.embeddings"
+    text_projection = "text_model.head"
+    visual_projection = "vision_model.head"  # the attention-pooling head: SigLIP has no separate vision projection
+    text_tower_path = "text_model"
+    vision_tower_path = "vision_model"
+    attention_projections = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj"}  # `SiglipAttention`
+    text_pooling = "last"
+    text_is_causal = False
+    text_padding = "max_length"
+    vision_pooling = "head"
+    logit_rule = "sigmoid"
+    placeholder_token = "X"
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        from transformers import SiglipModel
+
+        return isinstance(model, SiglipModel)
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> "SiglipBackbone":
+        from .base import family_of
+
+        siglip = unwrap_model(model)
+        if not cls.matches(siglip):
+            family_of(siglip)  # raises the error naming the supported families (or this is another family's model)
+            raise TypeError(f"{type(siglip).__name__} is not a SigLIP model: use `backbone_for(model)`")
+        text, vision = siglip.config.text_config, siglip.config.vision_config
+        if not vision.vision_use_head:
+            raise ValueError(
+                "the SigLIP vision tower has no pooling head (`vision_use_head=False`): no image features"
+            )
+        return cls(
+            text_width=text.hidden_size,
+            vision_width=vision.hidden_size,
+            text_layers=text.num_hidden_layers,
+            vision_layers=vision.num_hidden_layers,
+            projection_dim=text.projection_size,
+            max_positions=text.max_position_embeddings,
+            vocab_size=text.vocab_size,
+            num_image_tokens=(vision.image_size // vision.patch_size) ** 2,  # patches only: no CLS token
+            eos_token_id=text.eos_token_id,
+        )
+
+    @classmethod
+    def text_layer(cls, index: int) -> str:
+        return f"text_model.encoder.layers.{index}"
+
+    @classmethod
+    def vision_layer(cls, index: int) -> str:
+        return f"vision_model.encoder.layers.{index}"
+
+    @classmethod
+    def text_attention(cls, index: int) -> str:
+        return f"text_model.encoder.layers.{index}.self_attn"
+
+    @classmethod
+    def vision_attention(cls, index: int) -> str:
+        return f"vision_model.encoder.layers.{index}.self_attn"
+
+    @classmethod
+    def attention_norm(cls, attention_path: str) -> str:
+        return attention_path.rsplit(".", 1)[0] + ".layer_norm1"  # pre-LN layers, as CLIP's
+
+    def eot_index(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The first EOS of each row (the end of the prompt text; the tower itself pools the last position)."""
+        is_eos = input_ids.to(torch.int) == self.eos_token_id
+        last = torch.full_like(input_ids[:, 0], input_ids.shape[1] - 1)
+        return torch.where(is_eos.any(dim=-1), is_eos.int().argmax(dim=-1), last)

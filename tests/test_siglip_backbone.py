@@ -1,0 +1,131 @@
+"""SigLIP behind the backbone interface: CoOp on a tiny random `SiglipModel` (offline).
+
+SigLIP's sentencepiece tokenizer cannot be downloaded at test time and is not shipped, so the prompts are tokenized
+with the CLIP BPE shipped with the package (a vocabulary of 49408 ids, start and end tokens): the model is random,
+so any tokenizer whose ids fit its vocabulary exercises the same code; its `eos_token_id` is set to CLIP's EOT.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from peft import PeftModel, get_peft_model
+from transformers import SiglipConfig, SiglipModel
+
+from peft_vlprompt import CoOpConfig, DeepPromptConfig, PromptClassifier
+from peft_vlprompt.backbones import SiglipBackbone, backbone_for
+from tests.tiny import pixels, tokenizer
+
+CLASSNAMES = ["cat", "golden retriever", "x-ray"]
+MAX_LEN, TEXT_WIDTH, VISION_WIDTH = 24, 32, 40
+
+
+def tiny_siglip(seed: int = 0) -> SiglipModel:
+    torch.manual_seed(seed)
+    config = SiglipConfig(
+        text_config=dict(vocab_size=49408, hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=MAX_LEN, projection_size=VISION_WIDTH,
+                         eos_token_id=49407, bos_token_id=49406, pad_token_id=49407),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=VISION_WIDTH, intermediate_size=80,
+                           num_hidden_layers=2, num_attention_heads=4),
+    )  # fmt: skip
+    config._attn_implementation = "eager"
+    model = SiglipModel(config).eval()
+    with torch.no_grad():  # init zeroes them; values that make the logit rule visible
+        model.logit_scale.fill_(1.5)
+        model.logit_bias.fill_(-2.0)
+    return model
+
+
+def test_backbone_reads_the_siglip_model():
+    backbone = backbone_for(tiny_siglip())
+    assert type(backbone) is SiglipBackbone
+    assert (backbone.text_width, backbone.vision_width, backbone.projection_dim) == (TEXT_WIDTH, VISION_WIDTH, 40)
+    assert (backbone.max_positions, backbone.num_image_tokens) == (MAX_LEN, 16)  # 4x4 patches, no CLS
+    assert (backbone.text_is_causal, backbone.text_padding, backbone.logit_rule) == (False, "max_length", "sigmoid")
+    ids = torch.tensor([[49406, 320, 49407, 49407], [49406, 320, 1125, 539]])
+    assert backbone.eot_index(ids).tolist() == [2, 3]  # first EOS; a row without one ends at the last position
+    assert backbone.layer_index("vision_model.encoder.layers.1.self_attn") == 1
+
+
+def _hand_logits(base: SiglipModel, ctx: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """CoOp on SigLIP restated: 'X X X X {class}.' padded to the full length, positions 1..4 replaced by the
+    context, bidirectional layers without a mask, final norm, the LAST position through the head; images through
+    the base vision tower; logits = exp(scale) * cos + bias."""
+    texts = [" ".join(["X"] * ctx.shape[0] + [name + "."]) for name in CLASSNAMES]
+    ids = tokenizer()(texts, padding="max_length", max_length=MAX_LEN, return_tensors="pt")["input_ids"]
+    text = base.text_model
+    x = text.embeddings.token_embedding(ids)
+    x = torch.cat([x[:, :1], ctx.expand(len(CLASSNAMES), -1, -1), x[:, 1 + ctx.shape[0] :]], dim=1)
+    x = x + text.embeddings.position_embedding.weight[:MAX_LEN]
+    for layer in text.encoder.layers:
+        x = layer(x, attention_mask=None)
+        x = x[0] if isinstance(x, tuple) else x
+    t = text.head(text.final_layer_norm(x)[:, -1])
+    v = base.vision_model(pixel_values=images).pooler_output
+    cos = F.normalize(v, dim=-1) @ F.normalize(t, dim=-1).t()
+    return base.logit_scale.exp() * cos + base.logit_bias
+
+
+def test_coop_logits_match_a_hand_restatement():
+    model = get_peft_model(tiny_siglip(), CoOpConfig(n_ctx=4))
+    ctx = model.base_model.model.text_model.embeddings.token_embedding.coop_ctx["default"]
+    with torch.no_grad():
+        ctx.normal_()
+        ours = PromptClassifier(model, tokenizer(), CLASSNAMES).eval()(pixels())
+        theirs = _hand_logits(tiny_siglip(), ctx.detach(), pixels())
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_the_context_sees_the_class_name():
+    # bidirectional text: the context slots' outputs depend on the class name, unlike CLIP's causal tower
+    model = get_peft_model(tiny_siglip(), CoOpConfig(n_ctx=4))
+    ids = tokenizer()(["X X X X cat.", "X X X X dog."], padding="max_length", max_length=MAX_LEN,
+                      return_tensors="pt")["input_ids"]  # fmt: skip
+    with torch.no_grad():
+        hidden = model.base_model.model.text_model(input_ids=ids).last_hidden_state
+    assert not torch.allclose(hidden[0, 1], hidden[1, 1])
+
+
+def test_save_load_is_bit_identical(tmp_path):
+    model = get_peft_model(tiny_siglip(), CoOpConfig(n_ctx=4, class_token_position="front"))
+    model.base_model.model.text_model.embeddings.token_embedding.coop_ctx["default"].data.normal_()
+    model.save_pretrained(tmp_path)
+    reloaded = PeftModel.from_pretrained(tiny_siglip(), tmp_path)
+    assert reloaded.peft_config["default"].token_ids_from == "siglip"
+    with torch.no_grad():
+        before = PromptClassifier(model, tokenizer(), CLASSNAMES).eval()(pixels())
+        after = PromptClassifier(reloaded, tokenizer(), CLASSNAMES).eval()(pixels())
+    assert torch.equal(before, after)
+
+
+def test_disable_adapter_equals_the_base_model():
+    model = get_peft_model(tiny_siglip(), CoOpConfig(n_ctx=4))
+    model.base_model.model.text_model.embeddings.token_embedding.coop_ctx["default"].data.normal_()
+    # frozen as peft leaves it: `nn.MultiheadAttention` (the pooling head) picks another kernel when its weights
+    # require grad, which moves the image features by ~1e-7
+    base = tiny_siglip().requires_grad_(False)
+    ids = tokenizer()(["a photo of a cat.", "a photo of a dog."], padding="max_length", max_length=MAX_LEN,
+                      return_tensors="pt")["input_ids"]  # fmt: skip
+    with torch.no_grad():
+        with model.disable_adapter():
+            ours = model(input_ids=ids, pixel_values=pixels()).logits_per_image
+            zero_shot = PromptClassifier(model, tokenizer(), CLASSNAMES).eval()(pixels())
+        theirs = base(input_ids=ids, pixel_values=pixels()).logits_per_image
+        assert torch.equal(ours, theirs)
+        assert torch.equal(zero_shot, PromptClassifier(base, tokenizer(), CLASSNAMES).eval()(pixels()))
+
+
+def test_ctx_init_needs_the_models_tokenizer():
+    with pytest.raises(ValueError, match="siglip family ships no tokenizer.*tokenize_with"):
+        get_peft_model(tiny_siglip(), CoOpConfig(ctx_init="a photo of a"))
+    config = CoOpConfig(ctx_init="a photo of a").tokenize_with(tokenizer())
+    model = get_peft_model(tiny_siglip(), config)
+    ctx = model.base_model.model.text_model.embeddings.token_embedding.coop_ctx["default"]
+    weight = tiny_siglip().text_model.embeddings.token_embedding.weight
+    assert torch.equal(ctx.detach(), weight[[320, 1125, 539, 320]])  # "a photo of a" in the given tokenizer
+
+
+def test_appended_vision_prompts_are_refused_until_the_pooling_head_drops_them():
+    with pytest.raises(ValueError, match=r"vision prompts .*not supported on a siglip model"):
+        get_peft_model(tiny_siglip(), DeepPromptConfig(text_lengths=[2, 0], vision_lengths=[2, 0]))
+    get_peft_model(tiny_siglip(), DeepPromptConfig(text_lengths=[2, 2], vision_lengths=[0, 0]))  # text only: fine
