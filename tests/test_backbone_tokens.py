@@ -116,3 +116,12 @@ def test_zero_shot_teacher_follows_the_logit_rule():
     torch.testing.assert_close(softmax, torch.e**2 * cos)
     torch.testing.assert_close(sigmoid, torch.e**2 * cos - 3.0)
     assert not sigmoid.requires_grad
+
+
+def test_token_ids_from_accepts_registered_families_only(monkeypatch):
+    from peft_vlprompt.backbones import FAMILIES
+
+    with pytest.raises(ValueError, match=r"`token_ids_from` must be one of \('clip', 'siglip', 'tokenizer'\)"):
+        vlp.CoOpConfig(token_ids_from="bert")
+    monkeypatch.setitem(FAMILIES, "letters", LetterBackbone)  # registered after import: accepted
+    assert vlp.CoOpConfig(token_ids_from="letters", placeholder_token_id=88).placeholder_token_id == 88

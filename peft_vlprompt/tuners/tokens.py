@@ -14,7 +14,20 @@ logger = logging.getLogger(__name__)
 
 PLACEHOLDER_TOKEN = "X"  # text of one learned context slot in prompt strings ("X X X X {class}.", as CoOp)
 GIVEN = "tokenizer"  # `token_ids_from` of ids set by `tokenize_with`: never recomputed
-TOKEN_SOURCES = (*FAMILIES, GIVEN)  # values of `token_ids_from` (`backbones` registers every family on import)
+
+
+class _TokenSources:
+    """The values `token_ids_from` accepts: every registered family (read live, so a family registered after import
+    round-trips too) and `GIVEN`."""
+
+    def __contains__(self, value) -> bool:
+        return value == GIVEN or value in FAMILIES
+
+    def __iter__(self):
+        return iter((*FAMILIES, GIVEN))
+
+
+TOKEN_SOURCES = _TokenSources()
 
 
 def default_tokenizer():
