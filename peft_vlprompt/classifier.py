@@ -26,9 +26,9 @@ from torch.utils.checkpoint import checkpoint
 from .backbones import backbone_for, unwrap_model
 from .finite import check_finite
 from .text_prefix import shared_prefix_text_features
-from .tuners.base import DEFAULT_TEMPLATE, VLPromptConfig, enabled_configs, text_rows_for_classes
+from .tuners.base import DEFAULT_TEMPLATE, VLPromptConfig, enabled_configs, prompt_layers, text_rows_for_classes
 from .tuners.cocoop.layer import image_conditioning
-from .tuners.tokens import class_text
+from .tuners.tokens import class_text, leading_special_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class PromptClassifier(nn.Module):
         self.shared_prefix = shared_prefix
         self._logged_plans: set[tuple] = set()
         self.backbone = backbone_for(model)
+        self.text_start = leading_special_tokens(tokenizer)  # context slots follow this tokenizer's start tokens
         self._text_cache: tuple[tuple, torch.Tensor] | None = None
         self._zero_shot_cache: tuple[tuple, torch.Tensor] | None = None
         self._ids_cache: tuple[tuple, torch.Tensor] | None = None
@@ -141,7 +142,7 @@ class PromptClassifier(nn.Module):
                 f"the prompt for class {self.classnames[worst]!r} is {lengths[worst]} tokens long, more than the "
                 f"model's {self.backbone.max_positions} positions: {texts[worst]!r}"
             )
-        # context slots are found by position in the prompt layout, so any class name works (even "x-ray")
+        # context slots are found by position in the prompt layout (after `text_start`), so any class name works
         return ids
 
     # -- features -----------------------------------------------------------------------------------------------
@@ -162,6 +163,9 @@ class PromptClassifier(nn.Module):
     def _text_tower(self, input_ids: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         """Projected text features of prompt rows; rows of one group (CoCoOp: one image) share their common prefix
         when `shared_prefix` is on and sharing is exact (see `peft_vlprompt.text_prefix`)."""
+        for layer in prompt_layers(self.model):  # the prompts come from this tokenizer, whatever the family's does
+            if getattr(layer, "text_start", self.text_start) != self.text_start:
+                layer.text_start = self.text_start
         if self.shared_prefix:
             features = shared_prefix_text_features(self.model, input_ids, groups)
             if features is not None:

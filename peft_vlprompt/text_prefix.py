@@ -56,6 +56,8 @@ def _layer_plan(
     for layer in layers:
         prompts = None
         if isinstance(layer, DeepTextLayer):
+            if layer.text_start != 1:  # slots not right after one start token: the full tower places them
+                return None
             name = layer.prompt_adapter()
             prompts = None if name is None else layer.prompts(name)
             layer = layer.base_layer

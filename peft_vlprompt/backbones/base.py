@@ -47,6 +47,8 @@ class Backbone:
             need no dropping) or "head" (an attention-pooling head: appended prompts must be dropped before it).
         logit_rule: "softmax" (logits = scale * cos) or "sigmoid" (scale * cos + bias; `logits` adds the bias).
         placeholder_token: text standing for one learned context token in prompt strings ("X" as in CoOp).
+        text_start_tokens: special tokens the family's own tokenizer puts before the text (CLIP: 1, its start token;
+            SigLIP: 0). Context slots start after them; `PromptClassifier` replaces it by what its tokenizer does.
     """
 
     text_width: int
@@ -74,6 +76,7 @@ class Backbone:
     vision_pooling: ClassVar[str] = "cls"
     logit_rule: ClassVar[str] = "softmax"
     placeholder_token: ClassVar[str] = "X"
+    text_start_tokens: ClassVar[int] = 1
 
     # -- recognising and reading a model -----------------------------------------------------------------------------
     @classmethod

@@ -14,8 +14,8 @@ How SigLIP differs from CLIP, and what prompts mean on it:
   implementing that drop are not written yet, so vision-prompt methods are not supported on SigLIP yet.
 - Logits are `exp(logit_scale) * cos + logit_bias` (`logit_rule = "sigmoid"`).
 - SigLIP's sentencepiece tokenizer is not shipped with the package (`default_tokenizer()` is None): configs with
-  `ctx_init` need `config.tokenize_with(tokenizer)`. Context slots sit after position 0 as in CLIP prompts, which
-  assumes the tokenizer starts the text with a start token; SigLIP's own tokenizer adds none (left to the next step).
+  `ctx_init` need `config.tokenize_with(tokenizer)`. SigLIP's own tokenizer adds no start token, so context slots
+  start at position 0 (`text_start_tokens = 0`); `PromptClassifier` sets them from the tokenizer it is given.
 
 SigLIP 2 (`Siglip2Model`) is not this family: its vision tower takes `pixel_attention_mask` and `spatial_shapes`
 (NaFlex patches), which the classifier does not pass.
@@ -52,6 +52,7 @@ class SiglipBackbone(Backbone):
     vision_pooling = "head"
     logit_rule = "sigmoid"
     placeholder_token = "X"
+    text_start_tokens = 0  # the sentencepiece tokenizer only appends `</s>`
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

@@ -50,6 +50,20 @@ def class_text(classname: str) -> str:
     return classname.replace("_", " ")
 
 
+def leading_special_tokens(tokenizer) -> int:
+    """How many special tokens `tokenizer` puts before the text (CLIP's BPE: 1, its start token; SigLIP's
+    sentencepiece: 0): the position of the first context slot in its prompts."""
+    plain = list(tokenizer(PLACEHOLDER_TOKEN, add_special_tokens=False)["input_ids"])
+    full = list(tokenizer(PLACEHOLDER_TOKEN)["input_ids"])
+    for start in range(len(full) - len(plain) + 1):
+        if plain and full[start : start + len(plain)] == plain:
+            return start
+    raise ValueError(
+        f"the tokenizer's ids of {PLACEHOLDER_TOKEN!r} with special tokens ({full}) do not contain its ids without "
+        f"them ({plain}), so where prompt text starts is unknown; use a tokenizer that only adds tokens around text"
+    )
+
+
 def _single_id(ids: list[int]) -> int | None:
     return ids[0] if len(ids) == 1 else None  # a placeholder split into pieces has no one id
 

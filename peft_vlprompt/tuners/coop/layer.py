@@ -29,23 +29,24 @@ def initial_context(config: CoOpConfig, token_embedding: nn.Embedding) -> torch.
 
 
 def context_slots(
-    input_ids: torch.Tensor, n_ctx: int, position: str, eot_index: torch.Tensor | None = None
+    input_ids: torch.Tensor, n_ctx: int, position: str, eot_index: torch.Tensor | None = None, start: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(is_slot, slot), both (B, L): where the `n_ctx` context vectors go in prompts of the layout `position`, and
     which vector each slot takes. Located by position, as the released code does, never by token id, so a class name
-    containing the placeholder word is fine. `"end"`: positions 1..n_ctx; `"front"`: the n_ctx positions before the
-    final "." (at `eot_index - 1`); `"middle"`: the first n_ctx // 2 after SOS, the rest before the final ".".
+    containing the placeholder word is fine. `start`: the special tokens the tokenizer puts before the text (CLIP's
+    SOS: 1; SigLIP: 0). `"end"`: positions start..start+n_ctx-1; `"front"`: the n_ctx positions before the final "."
+    (at `eot_index - 1`); `"middle"`: the first n_ctx // 2 after the start tokens, the rest before the final ".".
     """
     batch, length = input_ids.shape
     pos = torch.arange(length, device=input_ids.device).expand(batch, length)
     if position == "end":
-        slot = pos - 1
+        slot = pos - start
         is_slot = (slot >= 0) & (slot < n_ctx)
     else:
         head = 0 if position == "front" else n_ctx // 2
         tail = pos - (eot_index.to(pos.device)[:, None] - 1 - (n_ctx - head))  # 0 at the first tail slot
-        in_head, in_tail = (pos >= 1) & (pos <= head), (tail >= 0) & (tail < n_ctx - head)
-        slot = torch.where(in_head, pos - 1, head + tail)
+        in_head, in_tail = (pos >= start) & (pos < start + head), (tail >= 0) & (tail < n_ctx - head)
+        slot = torch.where(in_head, pos - start, head + tail)
         is_slot = in_head | in_tail
     return is_slot, slot.clamp(0, n_ctx - 1)
 
@@ -70,12 +71,14 @@ class ContextEmbedding(VLPromptLayer):
         self.coop_ctx = nn.ParameterDict()
         self.coop_layout: dict[str, str] = {}  # adapter -> class_token_position
         self.eot_index = None  # the backbone's EOT locator (front/middle layouts count back from it)
+        self.text_start = 1  # special tokens before the text (the backbone's, or the classifier's tokenizer's)
         self.row_classes: torch.Tensor | None = None
 
     def update_layer(self, adapter_name: str, config: CoOpConfig, backbone: Backbone, key: str) -> None:
         self.coop_ctx[adapter_name] = nn.Parameter(initial_context(config, self.base_layer))
         self.coop_layout[adapter_name] = config.class_token_position
         self.eot_index = backbone.eot_index
+        self.text_start = backbone.text_start_tokens
         self.set_adapter(self.active_adapters)
 
     def context_rows(self, ctx: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -94,7 +97,7 @@ class ContextEmbedding(VLPromptLayer):
         """(is_slot, slot): where adapter `name`'s context slots are, and which context vector each one takes."""
         position = self.coop_layout[name]
         eot = None if position == "end" else self.eot_index(input_ids)
-        return context_slots(input_ids, self.coop_ctx[name].shape[-2], position, eot)
+        return context_slots(input_ids, self.coop_ctx[name].shape[-2], position, eot, self.text_start)
 
     def forward(self, input_ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         embeds = self.base_layer(input_ids, *args, **kwargs)

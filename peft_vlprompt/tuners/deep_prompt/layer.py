@@ -24,11 +24,12 @@ def initial_prompts(config: DeepPromptConfig, spec: LayerSpec, base_layer: nn.Mo
     return prompts.to(weight.dtype)
 
 
-def replace_slots(hidden: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
-    """Positions 1..n (right after BOS) of `hidden` (B, L, d) become `prompts` (n, d); static shapes."""
+def replace_slots(hidden: torch.Tensor, prompts: torch.Tensor, start: int = 1) -> torch.Tensor:
+    """Positions start..start+n-1 (right after the tokenizer's start tokens: CLIP's BOS, none for SigLIP) of `hidden`
+    (B, L, d) become `prompts` (n, d); static shapes."""
     n = prompts.shape[0]
     prompts = prompts.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
-    return torch.cat([hidden[:, :1], prompts, hidden[:, 1 + n :]], dim=1)
+    return torch.cat([hidden[:, :start], prompts, hidden[:, start + n :]], dim=1)
 
 
 def append_prompts(hidden: torch.Tensor, prompts: torch.Tensor, drop: int = 0) -> torch.Tensor:
@@ -50,6 +51,7 @@ class DeepPromptLayer(VLPromptLayer):
         self.deep_proj = nn.ModuleDict()
         self.deep_spec: dict[str, LayerSpec] = {}
         self.deep_source: dict[str, DeepPromptLayer] = {}  # coupling: text-side wrapper of the same index
+        self.text_start = 1  # text slots start after these special tokens (see `replace_slots`)
 
     def update_layer(self, adapter_name: str, config: DeepPromptConfig, backbone: Backbone, key: str) -> None:
         spec = config.layer_specs(backbone)[key]
@@ -61,6 +63,7 @@ class DeepPromptLayer(VLPromptLayer):
         else:
             self.deep_prompt[adapter_name] = nn.Parameter(initial_prompts(config, spec, self.base_layer))
         self.deep_spec[adapter_name] = spec
+        self.text_start = backbone.text_start_tokens
         self.set_adapter(self.active_adapters)
 
     def check_spec(self, spec: LayerSpec, key: str) -> None:
@@ -90,7 +93,7 @@ class DeepPromptLayer(VLPromptLayer):
 
 
 class TextContextEmbedding(DeepPromptLayer):
-    """Text input context (index 0): token embeddings of slots 1..n_0 are replaced before positions are added.
+    """Text input context (index 0): token embeddings of the n_0 slots after the start tokens are replaced before positions are added.
 
     Wraps `text_model.embeddings.token_embedding`. Input `input_ids` (B, L); output embeddings (B, L, d).
     """
@@ -100,7 +103,7 @@ class TextContextEmbedding(DeepPromptLayer):
         name = self.prompt_adapter()
         if name is None:
             return embeds
-        return replace_slots(embeds, self.prompts(name))
+        return replace_slots(embeds, self.prompts(name), self.text_start)
 
 
 class VisionPromptEmbeddings(DeepPromptLayer):
@@ -118,12 +121,12 @@ class VisionPromptEmbeddings(DeepPromptLayer):
 
 
 class DeepTextLayer(DeepPromptLayer):
-    """Text encoder layer i >= 1: slots 1..n_i of the incoming hidden states are replaced, then the layer runs."""
+    """Text encoder layer i >= 1: the n_i slots after the start tokens of the incoming hidden states are replaced, then the layer runs."""
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         name = self.prompt_adapter()
         if name is not None:
-            hidden_states = replace_slots(hidden_states, self.prompts(name))
+            hidden_states = replace_slots(hidden_states, self.prompts(name), self.text_start)
         return self.base_layer(hidden_states, *args, **kwargs)
 
 
