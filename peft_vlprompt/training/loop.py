@@ -60,7 +60,7 @@ from .parser import parse_args
 from .preflight import check_run
 from .presets import PresetContext, apply_preset, get_preset
 from .results import assemble_results
-from .run_record import RunState, check_resume_adapter, check_resume_args, run_signature
+from .run_record import RunState, check_resume_adapter, check_resume_args, resolved_adapter_config, run_signature
 from .schedule import dassl_lr, set_lr
 from .trackers import log_evaluation, start_trackers
 
@@ -171,7 +171,7 @@ def train(args: TrainArguments) -> dict:
                              "`class_specific_init='shared'`)")  # fmt: skip
         check_method_config(spec, config)
         if resume_dir is not None:
-            check_resume_adapter(resume_dir, config.to_dict())
+            check_resume_adapter(resume_dir, resolved_adapter_config(config, ctx.backbone))
         model = get_peft_model(clip, config)
         logger.info("%s: %d epochs, lr %g, batch %d per process (preset: %s)", spec.name, args.num_epochs, args.lr,
                     args.batch_size, preset.source)  # fmt: skip

@@ -66,6 +66,15 @@ def check_resume_args(checkpoint: Path, args: TrainArguments) -> None:
         )
 
 
+def resolved_adapter_config(config, backbone) -> dict:
+    """`config` as injection into `backbone` leaves it (`validate_for_backbone`: token ids resolved for the family,
+    e.g. a SigLIP config's `token_ids_from` "clip" -> "siglip"), which is what a checkpoint records, so a resumed run
+    compares like with like. Configs of other libraries (peft's `LoraConfig`) are not resolved."""
+    if hasattr(config, "validate_for_backbone"):
+        config.validate_for_backbone(backbone)
+    return config.to_dict()
+
+
 def check_resume_adapter(checkpoint: Path, adapter_config: dict) -> None:
     """Refuse to resume `checkpoint` into another adapter config (e.g. another `n_ctx`), naming each field."""
     state = json.loads((Path(checkpoint) / STATE_FILE).read_text())
