@@ -121,7 +121,9 @@ def test_zero_shot_teacher_follows_the_logit_rule():
 def test_token_ids_from_accepts_registered_families_only(monkeypatch):
     from peft_vlprompt.backbones import FAMILIES
 
-    with pytest.raises(ValueError, match=r"`token_ids_from` must be one of \('clip', 'siglip', 'tokenizer'\)"):
+    with pytest.raises(
+        ValueError, match=r"`token_ids_from` must be one of \('clip', 'metaclip2', 'siglip', 'tokenizer'\)"
+    ):
         vlp.CoOpConfig(token_ids_from="bert")
     monkeypatch.setitem(FAMILIES, "letters", LetterBackbone)  # registered after import: accepted
     assert vlp.CoOpConfig(token_ids_from="letters", placeholder_token_id=88).placeholder_token_id == 88

@@ -15,12 +15,14 @@ from .base import (
     unwrap_model,
 )
 from .clip import ClipBackbone, unwrap_clip
+from .metaclip2 import MetaClip2Backbone
 from .siglip import SiglipBackbone
 
 __all__ = [
     "FAMILIES",
     "Backbone",
     "ClipBackbone",
+    "MetaClip2Backbone",
     "SiglipBackbone",
     "attention_projections",
     "backbone_for",
