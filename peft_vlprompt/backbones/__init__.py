@@ -17,9 +17,11 @@ from .base import (
 from .clip import ClipBackbone, unwrap_clip
 from .metaclip2 import MetaClip2Backbone
 from .siglip import SiglipBackbone
+from .siglip2 import REFUSED  # SigLIP 2: known, refused with its reason
 
 __all__ = [
     "FAMILIES",
+    "REFUSED",
     "Backbone",
     "ClipBackbone",
     "MetaClip2Backbone",

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 FAMILIES: dict[str, type["Backbone"]] = {}  # family name -> its Backbone subclass, in registration order
+# model_type -> why that known model cannot be supported yet (recorded by its family's file; `family_of` says it)
+REFUSED: dict[str, str] = {}
 
 
 def register(cls: type["Backbone"]) -> type["Backbone"]:
@@ -254,6 +256,8 @@ def family_of(model: nn.Module) -> type[Backbone]:
             return family
     model_type = getattr(getattr(inner, "config", None), "model_type", None)
     supported = ", ".join(f"{name} (model_type {'/'.join(f.model_type)})" for name, f in FAMILIES.items())
+    if model_type in REFUSED:
+        raise TypeError(f"{REFUSED[model_type]}; peft_vlprompt supports {supported}")
     raise TypeError(
         f"unsupported model {type(inner).__name__} (model_type {model_type!r}): peft_vlprompt supports {supported}; "
         "load one with `transformers.AutoModel.from_pretrained(...)`"
