@@ -9,31 +9,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 from peft import PeftModel, get_peft_model
-from transformers import SiglipConfig, SiglipModel
+from transformers import SiglipModel
 
 from peft_vlprompt import CoOpConfig, DeepPromptConfig, PromptClassifier
 from peft_vlprompt.backbones import SiglipBackbone, backbone_for
 from tests.tiny import pixels, tokenizer
+from tests.tiny_siglip import tiny_siglip as tiny_siglip_model
 
 CLASSNAMES = ["cat", "golden retriever", "x-ray"]
 MAX_LEN, TEXT_WIDTH, VISION_WIDTH = 24, 32, 40
 
 
 def tiny_siglip(seed: int = 0) -> SiglipModel:
-    torch.manual_seed(seed)
-    config = SiglipConfig(
-        text_config=dict(vocab_size=49408, hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=MAX_LEN, projection_size=VISION_WIDTH,
-                         eos_token_id=49407, bos_token_id=49406, pad_token_id=49407),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=VISION_WIDTH, intermediate_size=80,
-                           num_hidden_layers=2, num_attention_heads=4),
-    )  # fmt: skip
-    config._attn_implementation = "eager"
-    model = SiglipModel(config).eval()
-    with torch.no_grad():  # init zeroes them; values that make the logit rule visible
-        model.logit_scale.fill_(1.5)
-        model.logit_bias.fill_(-2.0)
-    return model
+    return tiny_siglip_model(seed, vocab_size=49408, eos=49407, max_len=MAX_LEN, text_width=TEXT_WIDTH)
 
 
 def test_backbone_reads_the_siglip_model():

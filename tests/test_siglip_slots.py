@@ -1,5 +1,5 @@
-"""Context slots on a tokenizer WITHOUT a start token (as SigLIP's sentencepiece): a tiny word-level tokenizer built
-offline (lower-cased, so the placeholder "X" is the word "x" of "x-ray", and only "</s>" appended) on a tiny SigLIP.
+"""Context slots on a tokenizer WITHOUT a start token (as SigLIP's sentencepiece): the tiny word-level tokenizer of
+`tests/tiny_siglip.py` (lower-cased, so the placeholder "X" is the word "x" of "x-ray", and only "</s>" appended).
 
 The hand re-statement writes each prompt's token list by hand from the vocabulary (never through the tokenizer or
 the library's slot finder): the context vectors replace exactly the placeholder positions, the class-name tokens
@@ -10,45 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from peft import get_peft_model
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast, SiglipConfig, SiglipModel
 
 from peft_vlprompt import CoOpConfig, DeepPromptConfig, PromptClassifier
 from peft_vlprompt.tuners.tokens import leading_special_tokens
 from tests.tiny import pixels
 from tests.tiny import tokenizer as clip_tokenizer
+from tests.tiny_siglip import EOS, MAX_LEN, VOCAB, tiny_siglip, word_tokenizer
 
-WORDS = ["<unk>", "</s>", "x", "-", "ray", "cat", "golden", "retriever", ".", "a", "photo", "of"]
-VOCAB = {word: i for i, word in enumerate(WORDS)}
-EOS = VOCAB["</s>"]
-MAX_LEN, N_CTX = 16, 4
+N_CTX = 4
 CLASSNAMES = ["x-ray", "cat", "golden retriever"]
 CLASS_TOKENS = [["x", "-", "ray"], ["cat"], ["golden", "retriever"]]  # by hand
-
-
-def word_tokenizer() -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.WordLevel(VOCAB, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()  # "x-ray." -> x, -, ray, .
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", EOS)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>", pad_token="</s>")
-
-
-def tiny_siglip(seed: int = 0) -> SiglipModel:
-    torch.manual_seed(seed)
-    config = SiglipConfig(
-        text_config=dict(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=MAX_LEN, projection_size=40,
-                         eos_token_id=EOS, pad_token_id=EOS, bos_token_id=EOS),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=40, intermediate_size=80,
-                           num_hidden_layers=2, num_attention_heads=4),
-    )  # fmt: skip
-    config._attn_implementation = "eager"
-    model = SiglipModel(config).eval()
-    with torch.no_grad():
-        model.logit_scale.fill_(1.5)
-        model.logit_bias.fill_(-2.0)
-    return model
 
 
 def hand_prompt(position: str, ctx: torch.Tensor, class_ids: list[int], emb: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,123 @@
+"""Tiny random SigLIP models, a word-level tokenizer built offline, and a hand re-statement of SigLIP's text tower.
+
+The tokenizer has no start token and only appends "</s>", as SigLIP's sentencepiece tokenizer (which cannot be
+downloaded at test time); lower-cased, so the placeholder "X" is the word "x" (also the first word of "x-ray").
+
+`text_features` restates `SiglipTextTransformer` from the math with plain tensor ops (it reads the weights of an
+untouched model and never calls transformers' modules or peft_vlprompt's wrappers): token embeddings + positions,
+pre-LN blocks with BIDIRECTIONAL attention and no mask (the text is padded to the full length), tanh-GELU MLPs, the
+final norm, the LAST position through `head`.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast, SiglipConfig, SiglipModel
+
+WORDS = ["<unk>", "</s>", "x", "-", "ray", "cat", "golden", "retriever", ".", "a", "photo", "of"]
+VOCAB = {word: i for i, word in enumerate(WORDS)}
+EOS = VOCAB["</s>"]
+MAX_LEN = 16
+
+
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.WordLevel(VOCAB, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()  # "x-ray." -> x, -, ray, .
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", EOS)])
+    # ids only, as `SiglipTokenizer` (model_input_names=["input_ids"]): SigLIP text runs without an attention mask
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", eos_token="</s>", pad_token="</s>", model_input_names=["input_ids"]
+    )
+
+
+def tiny_siglip(
+    seed: int = 0, vocab_size: int = len(WORDS), eos: int = EOS, max_len: int = MAX_LEN, text_width: int = 32
+) -> SiglipModel:
+    """Two layers per tower, 4x4 patches of a 32-pixel image; logit scale/bias set (init zeroes them) so the
+    sigmoid logit rule is visible."""
+    torch.manual_seed(seed)
+    config = SiglipConfig(
+        text_config=dict(vocab_size=vocab_size, hidden_size=text_width, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=max_len, projection_size=40,
+                         eos_token_id=eos, pad_token_id=eos, bos_token_id=eos),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=40, intermediate_size=80,
+                           num_hidden_layers=2, num_attention_heads=4),
+    )  # fmt: skip
+    config._attn_implementation = "eager"
+    model = SiglipModel(config).eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(1.5)
+        model.logit_bias.fill_(-2.0)
+    return model
+
+
+def prompt_embeds(words: list[str], base: SiglipModel, length: int = MAX_LEN) -> torch.Tensor:
+    """(length, d) token embeddings of `words` (written out by hand), then "</s>" up to `length` (end + padding)."""
+    emb = base.text_model.embeddings.token_embedding.weight.detach()
+    return emb[[VOCAB[w] for w in words] + [EOS] * (length - len(words))]
+
+
+def _linear(x, module):
+    return x @ module.weight.T + module.bias
+
+
+def _layer_norm(x, module):
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + module.eps) * module.weight + module.bias
+
+
+def _gelu_tanh(x):
+    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def _attention(h, kv, attn, heads):
+    """softmax(q kᵀ / sqrt(d)) v over ALL keys (bidirectional, no mask), then out_proj; h (B, L, w), kv (B, K, w)."""
+    batch, length, width = h.shape
+    hd = width // heads
+    q = _linear(h, attn.q_proj).view(batch, length, heads, hd).transpose(1, 2)
+    k = _linear(kv, attn.k_proj).view(batch, kv.shape[1], heads, hd).transpose(1, 2)
+    v = _linear(kv, attn.v_proj).view(batch, kv.shape[1], heads, hd).transpose(1, 2)
+    out = ((q @ k.transpose(-1, -2)) / hd**0.5).softmax(-1) @ v
+    return _linear(out.transpose(1, 2).reshape(batch, length, width), attn.out_proj)
+
+
+@torch.no_grad()
+def text_features(base: SiglipModel, embeds: torch.Tensor, replace=None, prefix=None, start: int = 0):
+    """Projected (unnormalised) text features (B, D) of input token embeddings (B, L, d).
+
+    `replace[i]` (i >= 1): rows start..start+n-1 of the hidden states entering layer i become the prompts (n, d).
+    `prefix[i]`: layer i's keys/values are computed from LN1 of [x ; P] (every token sees the prompts).
+    """
+    replace, prefix = replace or {}, prefix or {}
+    text = base.text_model
+    heads = base.config.text_config.num_attention_heads
+    x = embeds + text.embeddings.position_embedding.weight[: embeds.shape[1]]
+    for i, layer in enumerate(text.encoder.layers):
+        if i in replace:
+            p = replace[i].expand(x.shape[0], -1, -1)
+            x = torch.cat([x[:, :start], p, x[:, start + p.shape[1] :]], dim=1)
+        h = _layer_norm(x, layer.layer_norm1)
+        kv = (
+            h
+            if i not in prefix
+            else torch.cat([h, _layer_norm(prefix[i], layer.layer_norm1).expand(h.shape[0], -1, -1)], 1)
+        )
+        x = x + _attention(h, kv, layer.self_attn, heads)
+        x = x + _linear(_gelu_tanh(_linear(_layer_norm(x, layer.layer_norm2), layer.mlp.fc1)), layer.mlp.fc2)
+    return _linear(_layer_norm(x, text.final_layer_norm)[:, -1], text.head)
+
+
+@torch.no_grad()
+def image_features(base: SiglipModel, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The untouched vision tower's pooled features (what the text-side methods leave unchanged)."""
+    return base.vision_model(pixel_values=pixel_values).pooler_output
+
+
+def sigmoid_logits(base: SiglipModel, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """SigLIP's logits_per_image: exp(scale) * cos + bias."""
+    cos = F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).t()
+    return base.logit_scale.exp() * cos + base.logit_bias
