@@ -6,13 +6,22 @@ word-level tokenizer with exactly that special-token layout: EOS = 2 is the case
 would pick the wrong position, and padding with id 1 after the EOS is what a real checkpoint sees.
 """
 
+import pytest
 import torch
 import torch.nn.functional as F
 from peft import PeftModel, get_peft_model
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import MetaClip2Config, MetaClip2Model, PreTrainedTokenizerFast
 
-from peft_vlprompt import CoOpConfig, PromptClassifier, ivlp_preset
+from peft_vlprompt import (
+    CoCoOpConfig,
+    CoOpConfig,
+    DeepPromptConfig,
+    PromptClassifier,
+    ivlp_preset,
+    maple_preset,
+    promptsrc_preset,
+)
 from peft_vlprompt.backbones import ClipBackbone, MetaClip2Backbone, backbone_for
 from peft_vlprompt.text_prefix import shared_prefix_text_features
 from peft_vlprompt.tuners.tokens import leading_special_tokens
@@ -148,26 +157,38 @@ def _step(model, shared: bool):
     return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_the_shared_prefix_text_path_equals_the_full_tower():
+SHARED_CASES = {  # a ctx_init is tokenized with the model's tokenizer: the family ships none
+    "coop": lambda: CoOpConfig(n_ctx=4),
+    "coop_middle": lambda: CoOpConfig(n_ctx=4, class_token_position="middle"),
+    "cocoop": lambda: CoCoOpConfig(n_ctx=4).tokenize_with(xlmv_like_tokenizer()),
+    "ivlp": lambda: ivlp_preset(3, depth=3).tokenize_with(xlmv_like_tokenizer()),
+    "maple": lambda: maple_preset(3, depth=2).tokenize_with(xlmv_like_tokenizer()),
+    "promptsrc": lambda: promptsrc_preset(3, depth=3).tokenize_with(xlmv_like_tokenizer()),
+    "dpl_prefix": lambda: DeepPromptConfig(mode="prefix", text_lengths=[2, 1, 3], vision_lengths=[1, 0, 0]),
+}
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("case", sorted(SHARED_CASES))
+def test_the_shared_prefix_text_path_equals_the_full_tower(case, attn):
     # as tests/test_shared_prefix.py: the same adapter through the shared-prefix encoder and through transformers'
     # own MetaCLIP 2 text tower, logits and every adapter gradient
-    for attn in ("eager", "sdpa"):
-        for config in (CoOpConfig(n_ctx=4), ivlp_preset(3, depth=3).tokenize_with(xlmv_like_tokenizer())):
-            model = get_peft_model(tiny_metaclip2(attn=attn, layers=3), config)
-            gen = torch.Generator().manual_seed(7)
-            with torch.no_grad():
-                for _, p in sorted((n, p) for n, p in model.named_parameters() if p.requires_grad):
-                    p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-            clf = PromptClassifier(model, xlmv_like_tokenizer(), CLASSNAMES)
+    model = get_peft_model(tiny_metaclip2(attn=attn, layers=3), SHARED_CASES[case]())
+    gen = torch.Generator().manual_seed(8)  # CoCoOp's meta-net has one ReLU unit here (24 // 16): live at this seed
+    with torch.no_grad():
+        for _, p in sorted((n, p) for n, p in model.named_parameters() if p.requires_grad):
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    if case != "cocoop":  # CoCoOp's prompts depend on the image: the classifier checks its own path
+        clf = PromptClassifier(model, xlmv_like_tokenizer(), CLASSNAMES)
+        with torch.no_grad():
             ids = clf.tokenize(clf.prompts(clf.prompt_config()))
-            with torch.no_grad():
-                assert shared_prefix_text_features(model, ids) is not None  # the shortcut is really taken
-            (logits_s, grads_s), (logits_f, grads_f) = _step(model, True), _step(model, False)
-            assert (logits_s - logits_f).abs().max() <= 1e-5 * logits_f.abs().max()
-            assert grads_f and grads_s.keys() == grads_f.keys()
-            for name, grad in grads_f.items():
-                assert grad.abs().max() > 0, name
-                assert (grads_s[name] - grad).norm() <= 1e-4 * grad.norm(), name
+            assert shared_prefix_text_features(model, ids) is not None  # the shortcut is really taken
+    (logits_s, grads_s), (logits_f, grads_f) = _step(model, True), _step(model, False)
+    assert (logits_s - logits_f).abs().max() <= 1e-5 * logits_f.abs().max()
+    assert grads_f and grads_s.keys() == grads_f.keys()
+    for name, grad in grads_f.items():
+        assert grad.abs().max() > 0, name
+        assert (grads_s[name] - grad).norm() <= 1e-4 * grad.norm(), name
 
 
 def test_load_backbone_takes_the_checkpoints_own_tokenizer(tmp_path):
