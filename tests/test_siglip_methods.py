@@ -24,6 +24,7 @@ from transformers import SiglipImageProcessor, SiglipModel, pipeline
 from peft_vlprompt import CoCoOpConfig, CoOpConfig, DeepPromptConfig, PromptClassifier
 from peft_vlprompt.hub import hypothesis_template, prompt_pipeline
 from peft_vlprompt.tuners.deep_prompt.config import PromptSRCConfig
+from peft_vlprompt.tuners.dpl.config import DPLSearchConfig
 from peft_vlprompt.tuners.kgcoop.config import KgCoOpConfig
 from peft_vlprompt.tuners.prograd_coop.config import ProGradCoOpConfig
 from tests.tiny import pixels
@@ -33,6 +34,7 @@ from tests.tiny_siglip import (
     sigmoid_logits,
     text_features,
     tiny_siglip,
+    vision_features,
     word_tokenizer,
 )
 
@@ -143,6 +145,44 @@ def test_deep_text_prompts_match_the_hand_restatement(mode):
                                    atol=1e-5, rtol=1e-5)  # fmt: skip
 
 
+def template_rows(base):
+    return torch.stack([prompt_embeds(["a", "photo", "of", "a"] + w + ["."], base) for w in CLASS_WORDS])
+
+
+def test_prefix_prompts_on_both_towers_match_the_hand_restatement():
+    # DPL's fixed layout: prefix prompts add keys/values only, so the pooling head never sees vision prompts
+    config = DeepPromptConfig(mode="prefix", text_lengths=[0, 2], vision_lengths=[1, 2])
+    model = get_peft_model(tiny_siglip(), config)
+    named = randomise(model)
+    base = tiny_siglip()
+    text = text_features(base, template_rows(base), prefix={1: trained(named, "text_model.encoder.layers.1.")})
+    vision = {i: trained(named, f"vision_model.encoder.layers.{i}.") for i in (0, 1)}
+    expected = sigmoid_logits(base, text, vision_features(base, pixels(), prefix=vision))
+    with torch.no_grad():
+        torch.testing.assert_close(classifier(model)(pixels()), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dpl_search_with_one_hot_alpha_matches_the_prefix_restatement():
+    # the supernet on SigLIP: bidirectional text (no causal mask), text padded to every position (the run-time
+    # length rule of 77-token CLIP text does not apply); alpha one-hot on the longest candidate of every layer
+    model = get_peft_model(tiny_siglip(), DPLSearchConfig(text_candidates=[0, 2], vision_candidates=[0, 1]))
+    named = randomise(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "dpl_alpha" in name:
+                p.copy_(torch.tensor([-1e4, 1e4]))
+    named = {n: p.detach().clone() for n, p in model.named_parameters() if "dpl_prompts" in n}
+    base = tiny_siglip()
+    text = {i: trained(named, f"text_model.encoder.layers.{i}.") for i in (0, 1)}
+    vision = {i: trained(named, f"vision_model.encoder.layers.{i}.") for i in (0, 1)}
+    assert [p.shape[0] for p in (*text.values(), *vision.values())] == [2, 2, 1, 1]
+    expected = sigmoid_logits(
+        base, text_features(base, template_rows(base), prefix=text), vision_features(base, pixels(), prefix=vision)
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(classifier(model)(pixels()), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_promptsrc_text_side_matches_the_hand_restatement():
     config = PromptSRCConfig(text_lengths=[4, 4], vision_lengths=[0, 0]).tokenize_with(word_tokenizer())
     model = get_peft_model(tiny_siglip(), config)
@@ -179,6 +219,7 @@ ALL = {
     "kgcoop": lambda: KgCoOpConfig(n_ctx=N_CTX, ctx_init=None),
     "deep-replace": lambda: DeepPromptConfig(text_lengths=[2, 3], vision_lengths=[0, 0]),
     "deep-prefix": lambda: DeepPromptConfig(mode="prefix", text_lengths=[2, 3], vision_lengths=[1, 2]),
+    "dpl-search": lambda: DPLSearchConfig(text_candidates=[0, 2], vision_candidates=[0, 1]),
     "promptsrc-text": lambda: PromptSRCConfig(text_lengths=[4, 4], vision_lengths=[0, 0]).tokenize_with(
         word_tokenizer()
     ),

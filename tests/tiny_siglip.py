@@ -112,6 +112,40 @@ def text_features(base: SiglipModel, embeds: torch.Tensor, replace=None, prefix=
 
 
 @torch.no_grad()
+def vision_features(base: SiglipModel, pixel_values: torch.Tensor, prefix=None) -> torch.Tensor:
+    """Pooled image features (B, D) restated: patches (conv as a matmul, with bias) + positions (no CLS), pre-LN
+    blocks (`prefix[i]`: extra keys/values LN1(P) of layer i), post-LN, then the attention-pooling head: a learned
+    probe attends over the tokens (`nn.MultiheadAttention` weights), plus a residual LN + MLP."""
+    prefix = prefix or {}
+    vision, cfg = base.vision_model, base.config.vision_config
+    emb, p, heads = vision.embeddings, cfg.patch_size, cfg.num_attention_heads
+    batch, grid = pixel_values.shape[0], cfg.image_size // cfg.patch_size
+    patches = pixel_values.reshape(batch, 3, grid, p, grid, p).permute(0, 2, 4, 1, 3, 5).reshape(batch, grid**2, -1)
+    x = patches @ emb.patch_embedding.weight.reshape(cfg.hidden_size, -1).T + emb.patch_embedding.bias
+    x = x + emb.position_embedding.weight
+    for i, layer in enumerate(vision.encoder.layers):
+        h = _layer_norm(x, layer.layer_norm1)
+        kv = (
+            h
+            if i not in prefix
+            else torch.cat([h, _layer_norm(prefix[i], layer.layer_norm1).expand(batch, -1, -1)], 1)
+        )
+        x = x + _attention(h, kv, layer.self_attn, heads)
+        x = x + _linear(_gelu_tanh(_linear(_layer_norm(x, layer.layer_norm2), layer.mlp.fc1)), layer.mlp.fc2)
+    x = _layer_norm(x, vision.post_layernorm)
+    head = vision.head
+    wq, wk, wv = head.attention.in_proj_weight.chunk(3)
+    bq, bk, bv = head.attention.in_proj_bias.chunk(3)
+    width, hd = x.shape[-1], x.shape[-1] // heads
+    q = (head.probe @ wq.T + bq).view(1, heads, hd).transpose(0, 1)  # (H, 1, hd)
+    k = (x @ wk.T + bk).view(batch, -1, heads, hd).transpose(1, 2)  # (B, H, N, hd)
+    v = (x @ wv.T + bv).view(batch, -1, heads, hd).transpose(1, 2)
+    pooled = ((q @ k.transpose(-1, -2)) / hd**0.5).softmax(-1) @ v  # (B, H, 1, hd)
+    pooled = _linear(pooled.transpose(1, 2).reshape(batch, width), head.attention.out_proj)
+    return pooled + _linear(_gelu_tanh(_linear(_layer_norm(pooled, head.layernorm), head.mlp.fc1)), head.mlp.fc2)
+
+
+@torch.no_grad()
 def image_features(base: SiglipModel, pixel_values: torch.Tensor) -> torch.Tensor:
     """The untouched vision tower's pooled features (what the text-side methods leave unchanged)."""
     return base.vision_model(pixel_values=pixel_values).pooler_output

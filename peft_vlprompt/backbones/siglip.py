@@ -11,7 +11,9 @@ How SigLIP differs from CLIP, and what prompts mean on it:
 - Vision has no CLS token: all patch tokens go through the attention-pooling head (`vision_model.head`, which is also
   the vision "projection"). Tokens appended to the vision sequence would be pooled by it, so the chosen rule
   (`vision_pooling = "head"`) is that appended vision prompts are dropped before the head; the deep-prompt layers
-  implementing that drop are not written yet, so vision-prompt methods are not supported on SigLIP yet.
+  implementing that drop are not written yet, so vision prompts that add tokens (replace mode: MaPLe, IVLP,
+  PromptSRC, VPT) are refused on SigLIP. Prefix vision prompts (DPL, `mode="prefix"`) only add keys/values, so the
+  head never sees them: they are supported.
 - Logits are `exp(logit_scale) * cos + logit_bias` (`logit_rule = "sigmoid"`).
 - SigLIP's sentencepiece tokenizer is not shipped with the package (`default_tokenizer()` is None): configs with
   `ctx_init` need `config.tokenize_with(tokenizer)`. SigLIP's own tokenizer adds no start token, so context slots

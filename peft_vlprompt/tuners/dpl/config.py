@@ -49,6 +49,9 @@ class DPLSearchConfig(VLPromptConfig):
     backbone was built for. Text: tokens + prompts <= `max_position_embeddings` (77), so the largest text
     candidate is at most 74 (a 3-token prompt), and the forward raises if a longer prompt would overflow. Vision:
     the largest candidate is at most the number of image tokens (CLS + patches), so prompts never outnumber them.
+    A family whose text is padded to every position (SigLIP) leaves no room by construction: there only the bound
+    on the candidates applies, and text attention follows the family (bidirectional on SigLIP: prompts and tokens
+    see every token, the class name included).
 
     Example:
         >>> from peft import get_peft_model

@@ -68,12 +68,16 @@ class SupernetAttention(VLPromptLayer):
         self.layer_index = -1
         self.target_key = ""
         self.max_positions = 0
+        self.causal = False  # text of a causal family (CLIP); SigLIP's text and every vision tower are bidirectional
+        self.fills_positions = False  # text padded to every position (SigLIP): the run-time length rule cannot hold
 
     def update_layer(self, adapter_name: str, config: DPLSearchConfig, backbone: Backbone, key: str) -> None:
         self.tower = backbone.tower_of(key)
         self.layer_index = backbone.layer_index(key)
         self.target_key = key
         self.max_positions = backbone.max_positions
+        self.causal = self.tower == "text" and backbone.text_is_causal
+        self.fills_positions = self.tower == "text" and backbone.text_padding == "max_length"
         candidates = list(config.candidates(self.tower))
         segments = candidate_segments(candidates, config.share_prompts)
         rows = prompt_rows(candidates, config.share_prompts)
@@ -108,7 +112,7 @@ class SupernetAttention(VLPromptLayer):
         name = active[0]
         length = hidden_states.shape[1]
         longest = self.dpl_candidates[name][-1]
-        if self.tower == "text" and length + longest > self.max_positions:
+        if self.tower == "text" and not self.fills_positions and length + longest > self.max_positions:
             raise ValueError(
                 f"the text prompt has {length} tokens and DPL candidates up to {longest} prefix prompts: "
                 f"{length + longest} keys exceed the text tower's {self.max_positions} positions; shorten the prompt "
@@ -122,7 +126,7 @@ class SupernetAttention(VLPromptLayer):
             )
         weights = self.dpl_alpha[name].float().softmax(-1)
         prompts = norm(self.dpl_prompts[name].to(hidden_states.dtype))
-        bias = token_bias(attention_mask, self.tower == "text", length, hidden_states.device)
+        bias = token_bias(attention_mask, self.causal, length, hidden_states.device)
         if self.dpl_mixing[name] == "naive":
             out = naive_mixture(attention, hidden_states, prompts, weights, self.dpl_segments[name], bias)
         else:
