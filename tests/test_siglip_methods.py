@@ -304,3 +304,19 @@ def test_zero_shot_pipeline_matches_prompt_classifier(method):
                          image_processor=processor())  # fmt: skip
         out = stock(images(), candidate_labels=CLASSNAMES, hypothesis_template=hypothesis_template(model))
         torch.testing.assert_close(scores(out), torch.sigmoid(logits), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("config", [KgCoOpConfig, ProGradCoOpConfig])
+def test_kgcoop_and_prograd_teachers_are_the_zero_shot_siglip_features(config):
+    # the frozen teacher of both: "a photo of a {class}." through the untouched SigLIP, padded to every position
+    model = get_peft_model(tiny_siglip(), config(n_ctx=N_CTX, ctx_init=None))
+    randomise(model)
+    base = tiny_siglip()
+    expected = F.normalize(text_features(base, template_rows(base)), dim=-1)
+    torch.testing.assert_close(classifier(model).zero_shot_text_features(), expected, atol=1e-5, rtol=1e-5)
+    learned = coop_rows("end", trained(dict(model.named_parameters()), "coop_ctx").detach(), CLASS_WORDS[0], base)
+    with torch.no_grad():
+        ours = classifier(model).text_features()
+    torch.testing.assert_close(
+        ours[0], F.normalize(text_features(base, learned[None])[0], dim=-1), atol=1e-5, rtol=1e-5
+    )
