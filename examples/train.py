@@ -121,6 +121,11 @@ if __name__ == "__main__":
         check_run(args)
     except (ValueError, TypeError, FileNotFoundError) as e:
         refuse(e)
-    results = train(args)
+    from peft_vlprompt._validation import RunRefused
+
+    try:
+        results = train(args)
+    except RunRefused as e:  # refused after loading data or model (resume, depth), still before any training
+        refuse(e)
     if main_process:
         logging.getLogger("train").info("results\n%s", format_results(results))

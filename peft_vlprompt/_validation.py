@@ -13,6 +13,11 @@ import types
 import typing
 
 
+class RunRefused(ValueError):
+    """A run refused by a check that needs the loaded data or model (resume against its checkpoint, a user depth
+    against the model's layers): raised before training starts, so scripts end it like an argument error."""
+
+
 class FieldTypeError(TypeError, ValueError):
     """A value of the wrong type (a `TypeError` that is also a `ValueError`, the class of every other bad value)."""
 

@@ -13,6 +13,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from peft_vlprompt import CoOpConfig, DeepPromptConfig
+from peft_vlprompt._validation import RunRefused
 from peft_vlprompt.training import DEFAULT_RUN, main, parse_args
 from peft_vlprompt.training.inputs import apply_config_file
 from peft_vlprompt.training.parser import build_parser
@@ -136,10 +137,10 @@ def test_resume_with_other_arguments_or_adapter_is_refused_naming_each_field(mod
                        "--shots", "2", "--num_epochs", "2")  # fmt: skip
     main(common + ["--max_train_steps", "1", "--checkpointing_steps", "1"])
     resume = common + ["--resume_from_checkpoint", "latest"]
-    with pytest.raises(ValueError, match=r"seed: 1 in the checkpoint, 2 now; shots: 2 in the checkpoint, 3 now"):
+    with pytest.raises(RunRefused, match=r"seed: 1 in the checkpoint, 2 now; shots: 2 in the checkpoint, 3 now"):
         main(resume + ["--seed", "2", "--shots", "3"])
     config.write_text(json.dumps(CoOpConfig(n_ctx=6).to_dict(), default=str))
-    with pytest.raises(ValueError, match=r"into another adapter: adapter n_ctx: 4 in the checkpoint, 6 now"):
+    with pytest.raises(RunRefused, match=r"into another adapter: adapter n_ctx: 4 in the checkpoint, 6 now"):
         main(resume)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from peft_vlprompt._validation import RunRefused
 from peft_vlprompt.training import main
 from peft_vlprompt.training.presets import PresetContext, adapter_settings, get_preset
 from tests.test_training_fixtures import base_args, save_tiny_model
@@ -134,7 +135,7 @@ def test_user_depth_deeper_than_the_model_is_an_error(model_dir, tmp_path, caplo
     value = kwargs[field]
     with caplog.at_level(logging.WARNING, logger="peft_vlprompt.tuners.deep_prompt.presets"):
         with pytest.raises(
-            ValueError, match=rf"`{field}`={value} .* deeper than the model's {tower} tower, which has 2 "
+            RunRefused, match=rf"`{field}`={value} .* deeper than the model's {tower} tower, which has 2 "
         ):
             main(base_args(model_dir, tmp_path / "out", method, *QUICK, "--adapter_kwargs", json.dumps(kwargs)))
     assert not [r for r in caplog.records if f"`{field}`={value} is deeper" in r.getMessage()]  # never clipped
@@ -296,6 +297,23 @@ def test_examples_end_refused_runs_with_status_2_and_one_line(model_dir, tmp_pat
         # before them (standard library only)
         ("train.py", ["--method", "coop", "--lr", "-5", *common], "`lr` must be > 0, got -5.0"),
         ("dpl_search.py", ["--lr", "inf", "--output_dir", str(tmp_path / "s")], "`lr` must be a finite number"),
+        # after the model is loaded (RunRefused), still before any training
+        (
+            "train.py",
+            [
+                "--method",
+                "ivlp",
+                "--adapter_kwargs",
+                '{"depth": 9}',
+                "--model",
+                str(model_dir),
+                "--output_dir",
+                str(tmp_path / "deep"),
+                "--torch_threads",
+                "1",
+            ],
+            "deeper than the model's",
+        ),
     ]
     for script, argv, message in cases:
         done = _example(script, *argv)

@@ -5,7 +5,7 @@ prompts), and `--adapter_kwargs` built once without a model. Run before anything
 import inspect
 import logging
 
-from .._validation import check_known_keys
+from .._validation import RunRefused, check_known_keys
 from .methods import (
     METHODS,
     BuildContext,
@@ -191,6 +191,6 @@ def check_user_depths(spec: MethodSpec, args, text_layers: int, vision_layers: i
             towers = tuple(t for t in towers if t != "vision")
         for tower in towers:
             if value > layers[tower]:
-                raise ValueError(f"`{name}`={value} (--adapter_kwargs, {source}) is deeper than the model's {tower} "
+                raise RunRefused(f"`{name}`={value} (--adapter_kwargs, {source}) is deeper than the model's {tower} "
                                  f"tower, which has {layers[tower]} layers: give a `{name}` of at most "
                                  f"{layers[tower]} for this model")  # fmt: skip

@@ -9,6 +9,7 @@ import json
 import logging
 from pathlib import Path
 
+from .._validation import RunRefused
 from .args import TrainArguments, cli_fields
 from .checkpoint import STATE_FILE, TrainingState
 
@@ -60,7 +61,7 @@ def check_resume_args(checkpoint: Path, args: TrainArguments) -> None:
     now = json.loads(json.dumps(run_signature(args), default=str))  # the JSON round trip the record went through
     diffs = _differences(recorded, now)
     if diffs:
-        raise ValueError(
+        raise RunRefused(
             f"cannot resume {checkpoint} with other arguments than the run that wrote it: "
             f"{'; '.join(diffs)}. Resume with the checkpoint's values, or start a fresh --output_dir"
         )
@@ -86,5 +87,5 @@ def check_resume_adapter(checkpoint: Path, adapter_config: dict) -> None:
     new = {k: v for k, v in json.loads(json.dumps(adapter_config, default=str)).items() if k not in ignore}
     diffs = _differences(old, new, prefix="adapter ")
     if diffs:
-        raise ValueError(f"cannot resume {checkpoint} into another adapter: {'; '.join(diffs)}. Resume with the "
+        raise RunRefused(f"cannot resume {checkpoint} into another adapter: {'; '.join(diffs)}. Resume with the "
                          "checkpoint's adapter settings, or start a fresh --output_dir")  # fmt: skip
