@@ -40,6 +40,9 @@ class Backbone:
         model_type: the transformers `config.model_type` values this family accepts.
         token_embedding / vision_embeddings / text_projection / visual_projection: module paths from the model root.
         text_tower_path / vision_tower_path: the towers' roots (every module under them belongs to that tower).
+        encoder_layers / self_attention / pre_attention_norm: inside a tower, the encoder layers' list, a layer's
+            attention and the norm before it (transformers' pre-LN layout by default; a family with another tree
+            overrides them or the path methods).
         attention_projections: the papers' letter (q, k, v, o) -> linear layer name inside an attention module.
         text_pooling: "eot_argmax" (CLIP: the EOT position), "first_eos", "last" or "head" (a pooling head).
         text_is_causal: whether text attention is causal (then padding after the EOT cannot change pooled features,
@@ -71,6 +74,9 @@ class Backbone:
     visual_projection: ClassVar[str] = ""
     text_tower_path: ClassVar[str] = ""
     vision_tower_path: ClassVar[str] = ""
+    encoder_layers: ClassVar[str] = "encoder.layers"
+    self_attention: ClassVar[str] = "self_attn"
+    pre_attention_norm: ClassVar[str] = "layer_norm1"
     attention_projections: ClassVar[dict[str, str]] = {}
     text_pooling: ClassVar[str] = "eot_argmax"
     text_is_causal: ClassVar[bool] = True
@@ -93,24 +99,24 @@ class Backbone:
     # -- module paths ------------------------------------------------------------------------------------------------
     @classmethod
     def text_layer(cls, index: int) -> str:
-        raise NotImplementedError
+        return f"{cls.text_tower_path}.{cls.encoder_layers}.{index}"
 
     @classmethod
     def vision_layer(cls, index: int) -> str:
-        raise NotImplementedError
+        return f"{cls.vision_tower_path}.{cls.encoder_layers}.{index}"
 
     @classmethod
     def text_attention(cls, index: int) -> str:
-        raise NotImplementedError
+        return f"{cls.text_layer(index)}.{cls.self_attention}"
 
     @classmethod
     def vision_attention(cls, index: int) -> str:
-        raise NotImplementedError
+        return f"{cls.vision_layer(index)}.{cls.self_attention}"
 
     @classmethod
     def attention_norm(cls, attention_path: str) -> str:
         """The norm applied before the attention at `attention_path` (prefix prompts are normed by it)."""
-        raise NotImplementedError
+        return f"{attention_path.rsplit('.', 1)[0]}.{cls.pre_attention_norm}"
 
     @classmethod
     def tower_of(cls, path: str) -> str:

@@ -78,27 +78,6 @@ class ClipBackbone(Backbone):
             eos_token_id=text.eos_token_id,
         )
 
-    @classmethod
-    def text_layer(cls, index: int) -> str:
-        return f"text_model.encoder.layers.{index}"
-
-    @classmethod
-    def vision_layer(cls, index: int) -> str:
-        return f"vision_model.encoder.layers.{index}"
-
-    @classmethod
-    def text_attention(cls, index: int) -> str:
-        return f"text_model.encoder.layers.{index}.self_attn"
-
-    @classmethod
-    def vision_attention(cls, index: int) -> str:
-        return f"vision_model.encoder.layers.{index}.self_attn"
-
-    @classmethod
-    def attention_norm(cls, attention_path: str) -> str:
-        """The pre-attention LayerNorm (LN1) of the layer owning `attention_path` (prefix prompts are normed by it)."""
-        return attention_path.rsplit(".", 1)[0] + ".layer_norm1"
-
     def eot_index(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Position pooled by the text tower, exactly as `CLIPTextModel` picks it."""
         if self.eos_token_id == 2:  # legacy configs: EOT is the largest id
@@ -165,11 +144,17 @@ def text_layer_parts(layer: nn.Module) -> TextLayerParts | None:
     """The parts of a text encoder layer, or None if `layer` is not a `CLIPEncoderLayer` (the caller falls back)."""
     from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
 
-    if not isinstance(layer, CLIPEncoderLayer):
+    return encoder_layer_parts(layer, CLIPEncoderLayer, CLIPAttention)
+
+
+def encoder_layer_parts(layer: nn.Module, layer_class: type, attention_class: type) -> TextLayerParts | None:
+    """The parts of a CLIP-layout encoder layer (`layer_norm1`, `self_attn`, `layer_norm2`, `mlp`) if `layer` is a
+    `layer_class` whose (possibly peft-wrapped) attention is an `attention_class`, else None."""
+    if not isinstance(layer, layer_class):
         return None
     attention = layer.self_attn
     base = getattr(attention, "base_layer", attention)
-    if not isinstance(base, CLIPAttention):
+    if not isinstance(base, attention_class):
         return None
     return TextLayerParts(
         norm1=layer.layer_norm1,

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .base import Backbone, TextLayerParts, register
-from .clip import ClipBackbone
+from .clip import ClipBackbone, encoder_layer_parts
 
 
 @register
@@ -43,20 +43,7 @@ class MetaClip2Backbone(ClipBackbone):
         """The parts of a `MetaClip2EncoderLayer` (same math as CLIP's), or None for anything else (full tower)."""
         from transformers.models.metaclip_2.modeling_metaclip_2 import MetaClip2Attention, MetaClip2EncoderLayer
 
-        if not isinstance(layer, MetaClip2EncoderLayer):
-            return None
-        attention = layer.self_attn
-        base = getattr(attention, "base_layer", attention)
-        if not isinstance(base, MetaClip2Attention):
-            return None
-        return TextLayerParts(
-            norm1=layer.layer_norm1,
-            attention=attention,
-            attention_base=base,
-            norm2=layer.layer_norm2,
-            mlp=layer.mlp,
-            checkpointed=bool(getattr(layer, "gradient_checkpointing", False)),
-        )
+        return encoder_layer_parts(layer, MetaClip2EncoderLayer, MetaClip2Attention)
 
     @classmethod
     def default_tokenizer(cls):

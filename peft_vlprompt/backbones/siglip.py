@@ -87,26 +87,6 @@ class SiglipBackbone(Backbone):
             eos_token_id=text.eos_token_id,
         )
 
-    @classmethod
-    def text_layer(cls, index: int) -> str:
-        return f"text_model.encoder.layers.{index}"
-
-    @classmethod
-    def vision_layer(cls, index: int) -> str:
-        return f"vision_model.encoder.layers.{index}"
-
-    @classmethod
-    def text_attention(cls, index: int) -> str:
-        return f"text_model.encoder.layers.{index}.self_attn"
-
-    @classmethod
-    def vision_attention(cls, index: int) -> str:
-        return f"vision_model.encoder.layers.{index}.self_attn"
-
-    @classmethod
-    def attention_norm(cls, attention_path: str) -> str:
-        return attention_path.rsplit(".", 1)[0] + ".layer_norm1"  # pre-LN layers, as CLIP's
-
     def eot_index(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The first EOS of each row (the end of the prompt text; the tower itself pools the last position)."""
         is_eos = input_ids.to(torch.int) == self.eos_token_id
