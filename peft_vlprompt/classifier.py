@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from .backbones import backbone_for, unwrap_model
 from .finite import check_finite
 from .text_prefix import shared_prefix_text_features
-from .tuners.base import DEFAULT_TEMPLATE, VLPromptConfig, enabled_configs, prompt_layers, text_rows_for_classes
+from .tuners.base import DEFAULT_TEMPLATE, VLPromptConfig, enabled_configs, text_rows_for_classes
 from .tuners.cocoop.layer import image_conditioning
 from .tuners.tokens import class_text, leading_special_tokens
 
@@ -155,7 +155,7 @@ class PromptClassifier(nn.Module):
 
         def encode(start: int, stop: int) -> torch.Tensor:
             rows = torch.arange(start, stop, device=input_ids.device)
-            with text_rows_for_classes(self.model, rows):
+            with text_rows_for_classes(self.model, rows, self.text_start):
                 return self._text_tower(input_ids[start:stop])
 
         return F.normalize(self._encode_rows(input_ids.shape[0], input_ids.shape[1], encode, "classes"), dim=-1)
@@ -163,9 +163,6 @@ class PromptClassifier(nn.Module):
     def _text_tower(self, input_ids: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         """Projected text features of prompt rows; rows of one group (CoCoOp: one image) share their common prefix
         when `shared_prefix` is on and sharing is exact (see `peft_vlprompt.text_prefix`)."""
-        for layer in prompt_layers(self.model):  # the prompts come from this tokenizer, whatever the family's does
-            if getattr(layer, "text_start", self.text_start) != self.text_start:
-                layer.text_start = self.text_start
         if self.shared_prefix:
             features = shared_prefix_text_features(self.model, input_ids, groups)
             if features is not None:
@@ -286,7 +283,7 @@ class PromptClassifier(nn.Module):
             classes = rows % n_classes
             with (
                 image_conditioning(self.model, image_features[first : last + 1], rows // n_classes - first),
-                text_rows_for_classes(self.model, classes),
+                text_rows_for_classes(self.model, classes, self.text_start),
             ):
                 return self._text_tower(ids[classes], rows // n_classes - first)
 

@@ -347,9 +347,18 @@ def enabled_configs(model: nn.Module) -> list[tuple[str, VLPromptConfig]]:
 
 
 @contextlib.contextmanager
-def text_rows_for_classes(model: nn.Module, class_index: torch.Tensor | None) -> Iterator[None]:
-    """Tell class-specific layers which class each row of the next text batch belongs to (for chunked encoding)."""
-    layers = [layer for layer in prompt_layers(model) if hasattr(layer, "row_classes")]
+def text_rows_for_classes(
+    model: nn.Module, class_index: torch.Tensor | None, text_start: int | None = None
+) -> Iterator[None]:
+    """Tell the text layers about the next text batch (for chunked encoding): which class each row belongs to, and,
+    if given, how many special tokens its prompts start with (`text_start`, kept after the batch: the caller's
+    tokenizer made the prompts, whatever the family's tokenizer does). One pass over the model's prompt layers."""
+    layers = []
+    for layer in prompt_layers(model):
+        if text_start is not None and getattr(layer, "text_start", text_start) != text_start:
+            layer.text_start = text_start
+        if hasattr(layer, "row_classes"):
+            layers.append(layer)
     previous = [layer.row_classes for layer in layers]
     for layer in layers:
         layer.row_classes = class_index
