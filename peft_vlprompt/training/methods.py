@@ -209,6 +209,18 @@ _DEEP_KINDS = {
 }
 
 
+def _deep_prompt_method(method: str, preset_function: str) -> MethodSpec:
+    """A `DeepPromptConfig` method built by its `tuners.deep_prompt.presets` function; a `--config` adapter must be
+    of the same kind (IVLP, VPT-deep, deep language or MaPLe)."""
+    return MethodSpec(
+        method,
+        _DEEP,
+        _sized_preset(f"{_DEEP_PRESETS}:{preset_function}"),
+        accepts_peft_types=("deep_prompt",),
+        check_config=_is_deep_kind(method),
+    )
+
+
 def _is_deep_kind(method: str):
     def check(config) -> str | None:
         kind = _deep_kind(config)
@@ -251,34 +263,10 @@ METHODS: dict[str, MethodSpec] = {
             accepts_peft_types=("kgcoop",),
         ),
         MethodSpec("cocoop", "peft_vlprompt.tuners.cocoop:CoCoOpConfig", _coop_family, accepts_peft_types=("cocoop",)),
-        MethodSpec(
-            "ivlp",
-            _DEEP,
-            _sized_preset(f"{_DEEP_PRESETS}:ivlp_preset"),
-            accepts_peft_types=("deep_prompt",),
-            check_config=_is_deep_kind("ivlp"),
-        ),
-        MethodSpec(
-            "vpt",
-            _DEEP,
-            _sized_preset(f"{_DEEP_PRESETS}:vpt_deep_preset"),
-            accepts_peft_types=("deep_prompt",),
-            check_config=_is_deep_kind("vpt"),
-        ),
-        MethodSpec(
-            "deep_language",
-            _DEEP,
-            _sized_preset(f"{_DEEP_PRESETS}:deep_language_preset"),
-            accepts_peft_types=("deep_prompt",),
-            check_config=_is_deep_kind("deep_language"),
-        ),
-        MethodSpec(
-            "maple",
-            _DEEP,
-            _sized_preset(f"{_DEEP_PRESETS}:maple_preset"),
-            accepts_peft_types=("deep_prompt",),
-            check_config=_is_deep_kind("maple"),
-        ),
+        _deep_prompt_method("ivlp", "ivlp_preset"),
+        _deep_prompt_method("vpt", "vpt_deep_preset"),
+        _deep_prompt_method("deep_language", "deep_language_preset"),
+        _deep_prompt_method("maple", "maple_preset"),
         MethodSpec(
             "promptsrc",
             "peft_vlprompt.tuners.deep_prompt:PromptSRCConfig",
