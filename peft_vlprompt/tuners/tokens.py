@@ -7,6 +7,7 @@ ships none, asks for `config.tokenize_with(tokenizer)`). Saved configs keep thei
 """
 
 import logging
+from dataclasses import field
 
 from ..backbones import FAMILIES, Backbone, default_family
 
@@ -28,6 +29,29 @@ class _TokenSources:
 
 
 TOKEN_SOURCES = _TokenSources()
+
+
+def ctx_init_token_ids_field():
+    """The `ctx_init_token_ids` field of the configs using `TokenIdsMixin`."""
+    return field(
+        default=None,
+        metadata={
+            "help": "Token ids of `ctx_init` (derived with the tokenizer `token_ids_from` names; stored so "
+            "loading needs no tokenizer)."
+        },
+    )
+
+
+def token_ids_from_field():
+    """The `token_ids_from` field of the configs using `TokenIdsMixin`."""
+    return field(
+        default=None,
+        metadata={
+            "choices": TOKEN_SOURCES,
+            "help": "Backbone family whose tokenizer gave the token ids (recomputed on a model of another "
+            "family), or 'tokenizer' when set by `tokenize_with` (derived; leave unset).",
+        },
+    )
 
 
 def default_tokenizer():

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from ...backbones import Backbone
 from ..base import VLPromptConfig
-from ..tokens import PLACEHOLDER_TOKEN, TOKEN_SOURCES, TokenIdsMixin, class_text
+from ..tokens import PLACEHOLDER_TOKEN, TokenIdsMixin, class_text, ctx_init_token_ids_field, token_ids_from_field
 
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 CTX_INIT_SPLITS = ("words", "tokens")
@@ -87,13 +87,7 @@ class CoOpConfig(TokenIdsMixin, VLPromptConfig):
     n_classes: int | None = field(default=None, metadata={"help": "Number of classes (class-specific context)."})
     class_token_position: str = field(default="end", metadata={"help": "Where the class name goes: end/middle/front."})
     init_std: float = field(default=0.02, metadata={"help": "Std of the random normal context initialisation."})
-    ctx_init_token_ids: list[int] | None = field(
-        default=None,
-        metadata={
-            "help": "Token ids of `ctx_init` (derived with the tokenizer `token_ids_from` names; stored so "
-            "loading needs no tokenizer)."
-        },
-    )
+    ctx_init_token_ids: list[int] | None = ctx_init_token_ids_field()
     placeholder_token_id: int | None = field(
         default=None,
         metadata={
@@ -101,14 +95,7 @@ class CoOpConfig(TokenIdsMixin, VLPromptConfig):
             "the adapter is injected; informative: slots are found by position)."
         },
     )
-    token_ids_from: str | None = field(
-        default=None,
-        metadata={
-            "choices": TOKEN_SOURCES,
-            "help": "Backbone family whose tokenizer gave the token ids (recomputed on a model of another "
-            "family), or 'tokenizer' when set by `tokenize_with` (derived; leave unset).",
-        },
-    )
+    token_ids_from: str | None = token_ids_from_field()
 
     method_name = "coop"
 

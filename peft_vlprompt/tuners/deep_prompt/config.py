@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from ...backbones import Backbone
 from ..base import VLPromptConfig
-from ..tokens import PLACEHOLDER_TOKEN, TOKEN_SOURCES, TokenIdsMixin, class_text
+from ..tokens import PLACEHOLDER_TOKEN, TokenIdsMixin, class_text, ctx_init_token_ids_field, token_ids_from_field
 
 MODES = ("replace", "prefix")
 TEXT_INPUTS = ("template", "ensemble")
@@ -127,13 +127,7 @@ class DeepPromptConfig(TokenIdsMixin, VLPromptConfig):
     ctx_init: str | None = field(
         default=None, metadata={"help": "Replace mode: words initialising the input context (MaPLe's quirk kept)."}
     )
-    ctx_init_token_ids: list[int] | None = field(
-        default=None,
-        metadata={
-            "help": "Token ids of `ctx_init` (derived with the tokenizer `token_ids_from` names; stored so "
-            "loading needs no tokenizer)."
-        },
-    )
+    ctx_init_token_ids: list[int] | None = ctx_init_token_ids_field()
     text_template: str | None = field(
         default=None, metadata={"help": "Fixed text template when the text tower has no slots, e.g. VPT's."}
     )
@@ -144,14 +138,7 @@ class DeepPromptConfig(TokenIdsMixin, VLPromptConfig):
             "when the adapter is injected; informative: slots are found by position)."
         },
     )
-    token_ids_from: str | None = field(
-        default=None,
-        metadata={
-            "choices": TOKEN_SOURCES,
-            "help": "Backbone family whose tokenizer gave the token ids (recomputed on a model of another "
-            "family), or 'tokenizer' when set by `tokenize_with` (derived; leave unset).",
-        },
-    )
+    token_ids_from: str | None = token_ids_from_field()
     text_input: str = field(
         default="template",
         metadata={
