@@ -7,13 +7,13 @@ so any tokenizer whose ids fit its vocabulary exercises the same code; its `eos_
 
 import pytest
 import torch
-import torch.nn.functional as F
 from peft import PeftModel, get_peft_model
 from transformers import SiglipModel
 
 from peft_vlprompt import CoOpConfig, DeepPromptConfig, PromptClassifier
 from peft_vlprompt.backbones import SiglipBackbone, backbone_for
 from tests.tiny import pixels, tokenizer
+from tests.tiny_siglip import logits_through_the_towers
 from tests.tiny_siglip import tiny_siglip as tiny_siglip_model
 
 CLASSNAMES = ["cat", "golden retriever", "x-ray"]
@@ -44,14 +44,7 @@ def _hand_logits(base: SiglipModel, ctx: torch.Tensor, images: torch.Tensor) -> 
     text = base.text_model
     x = text.embeddings.token_embedding(ids)
     x = torch.cat([x[:, :1], ctx.expand(len(CLASSNAMES), -1, -1), x[:, 1 + ctx.shape[0] :]], dim=1)
-    x = x + text.embeddings.position_embedding.weight[:MAX_LEN]
-    for layer in text.encoder.layers:
-        x = layer(x, attention_mask=None)
-        x = x[0] if isinstance(x, tuple) else x
-    t = text.head(text.final_layer_norm(x)[:, -1])
-    v = base.vision_model(pixel_values=images).pooler_output
-    cos = F.normalize(v, dim=-1) @ F.normalize(t, dim=-1).t()
-    return base.logit_scale.exp() * cos + base.logit_bias
+    return logits_through_the_towers(base, x, images)
 
 
 def test_coop_logits_match_a_hand_restatement():

@@ -8,14 +8,13 @@ the library's slot finder): the context vectors replace exactly the placeholder 
 
 import pytest
 import torch
-import torch.nn.functional as F
 from peft import get_peft_model
 
 from peft_vlprompt import CoOpConfig, DeepPromptConfig, PromptClassifier
 from peft_vlprompt.tuners.tokens import leading_special_tokens
 from tests.tiny import pixels
 from tests.tiny import tokenizer as clip_tokenizer
-from tests.tiny_siglip import EOS, MAX_LEN, VOCAB, tiny_siglip, word_tokenizer
+from tests.tiny_siglip import EOS, MAX_LEN, VOCAB, logits_through_the_towers, tiny_siglip, word_tokenizer
 
 N_CTX = 4
 CLASSNAMES = ["x-ray", "cat", "golden retriever"]
@@ -36,14 +35,7 @@ def hand_logits(ctx: torch.Tensor, position: str, images: torch.Tensor) -> torch
     text = base.text_model
     emb = text.embeddings.token_embedding.weight.detach()
     x = torch.stack([hand_prompt(position, ctx, [VOCAB[w] for w in words], emb) for words in CLASS_TOKENS])
-    x = x + text.embeddings.position_embedding.weight[:MAX_LEN]
-    for layer in text.encoder.layers:
-        x = layer(x, attention_mask=None)
-        x = x[0] if isinstance(x, tuple) else x
-    t = text.head(text.final_layer_norm(x)[:, -1])
-    v = base.vision_model(pixel_values=images).pooler_output
-    cos = F.normalize(v, dim=-1) @ F.normalize(t, dim=-1).t()
-    return base.logit_scale.exp() * cos + base.logit_bias
+    return logits_through_the_towers(base, x, images)
 
 
 def test_leading_special_tokens_follow_the_tokenizer():

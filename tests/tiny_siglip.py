@@ -155,3 +155,16 @@ def sigmoid_logits(base: SiglipModel, text: torch.Tensor, image: torch.Tensor) -
     """SigLIP's logits_per_image: exp(scale) * cos + bias."""
     cos = F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).t()
     return base.logit_scale.exp() * cos + base.logit_bias
+
+
+def logits_through_the_towers(base: SiglipModel, embeds: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Sigmoid logits of prompt embeddings (positions not yet added) run through the model's own text layers
+    (bidirectional, no mask, the last position through the head) and images through its vision tower."""
+    text = base.text_model
+    x = embeds + text.embeddings.position_embedding.weight[: embeds.shape[1]]
+    for layer in text.encoder.layers:
+        x = layer(x, attention_mask=None)
+        x = x[0] if isinstance(x, tuple) else x
+    t = text.head(text.final_layer_norm(x)[:, -1])
+    v = base.vision_model(pixel_values=pixel_values).pooler_output
+    return base.logit_scale.exp() * F.normalize(v, dim=-1) @ F.normalize(t, dim=-1).t() + base.logit_bias
