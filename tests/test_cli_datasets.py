@@ -6,15 +6,14 @@ restated by hand from the fixture's layout."""
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from datasets import Image as HFImage
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from peft_vlprompt.data import load_task
 from peft_vlprompt.training import main, parse_args
+from tests._tensorboard import read_scalars
 from tests.test_training_fixtures import CLASSNAMES, COUNTS, make_imagefolder, save_tiny_model, tiny_image
 
 # the images of tests.test_training_fixtures: 4 classes (bird, cat, dog, fish), 6 train / 2 val / 3 test per class
@@ -83,17 +82,6 @@ def run_argv(model_dir, out, *extra):
             "--num_train_epochs", "1", "--per_device_train_batch_size", "2", "--max_train_steps", "2",
             "--eval_batch_size", "16", "--torch_threads", "1", "--logging_steps", "1", "--with_tracking",
             "--report_to", "tensorboard", *extra]  # fmt: skip
-
-
-def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar of every tensorboard event file under `folder`: {tag: [(step, value), ...]}."""
-    out = {}
-    for file in sorted(folder.rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(file))
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
-    return out
 
 
 def hm(a, b):

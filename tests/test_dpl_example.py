@@ -14,6 +14,7 @@ from transformers import CLIPImageProcessor
 
 from peft_vlprompt.data import DatasetSpec, RawSplits, register_dataset, unregister_dataset
 from peft_vlprompt.dpl.run import main as search_main
+from tests._tensorboard import read_scalars
 from tests.tiny import IMAGE_SIZE, tiny_clip
 
 NAME = "dpl_tiny_colors"
@@ -114,18 +115,6 @@ def test_a_checkpoint_of_the_older_format_is_refused_before_loading(tmp_path):
             search_main(["--resume_from_checkpoint", resume, "--output_dir", str(tmp_path)])
 
 
-def _scalars(folder) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out = {}
-    for file in sorted(folder.rglob("events.out.tfevents.*")):
-        events = EventAccumulator(str(file))
-        events.Reload()
-        for tag in events.Tags()["scalars"]:
-            out.setdefault(tag, []).extend((e.step, e.value) for e in events.Scalars(tag))
-    return out
-
-
 def test_a_killed_search_resumes_bit_exactly_and_logs_alpha_to_tensorboard(tiny_world, tmp_path):
     pytest.importorskip("tensorboard")
     common = ["--dataset", NAME, "--model", str(tiny_world), "--shots", "4", "--batch_size", "2", "--num_epochs", "2",
@@ -140,7 +129,7 @@ def test_a_killed_search_resumes_bit_exactly_and_logs_alpha_to_tensorboard(tiny_
     alphas = [json.loads((d / "alphas.json").read_text())["alpha"] for d in (tmp_path / "full", split)]
     assert alphas[0] == alphas[1]  # bit-exact: the raw alpha values as JSON floats
 
-    scalars = _scalars(split / "peft_vlprompt_dpl")
+    scalars = read_scalars(split / "peft_vlprompt_dpl")
     assert [step for step, _ in scalars["alpha_entropy/text/layer_0"]] == list(range(1, 9))
     assert {tag.split("/")[1] for tag in scalars if tag.startswith("chosen_length/")} == {"text", "vision"}
     last = {tag: values[-1][1] for tag, values in scalars.items()}

@@ -11,7 +11,7 @@ import pytest
 from peft_vlprompt.training import main, parse_args
 from peft_vlprompt.training import trackers as trackers_module
 from peft_vlprompt.training.trackers import check_trackers, evaluation_values
-from tests.test_cli_datasets import read_scalars
+from tests._tensorboard import read_scalars
 from tests.test_training_fixtures import register_tiny_dataset, save_tiny_model
 
 
