@@ -96,6 +96,15 @@ class Backbone:
     def from_model(cls, model: nn.Module) -> "Backbone":
         raise NotImplementedError
 
+    @classmethod
+    def own_model(cls, model: nn.Module) -> nn.Module:
+        """`model` unwrapped, checked to be of this family (else the error naming the supported families)."""
+        inner = unwrap_model(model)
+        if not cls.matches(inner):
+            family_of(inner)  # raises for an unsupported model
+            raise TypeError(f"{type(inner).__name__} is not a {cls.family} model: use `backbone_for(model)`")
+        return inner
+
     # -- module paths ------------------------------------------------------------------------------------------------
     @classmethod
     def text_layer(cls, index: int) -> str:

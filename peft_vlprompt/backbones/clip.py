@@ -59,12 +59,7 @@ class ClipBackbone(Backbone):
 
     @classmethod
     def from_model(cls, model: nn.Module) -> "ClipBackbone":
-        from .base import family_of
-
-        clip = unwrap_model(model)
-        if not cls.matches(clip):
-            family_of(clip)  # raises the error naming the supported families (or this is another family's model)
-            raise TypeError(f"{type(clip).__name__} is not a CLIP model: use `backbone_for(model)`")
+        clip = cls.own_model(model)
         text, vision = clip.config.text_config, clip.config.vision_config
         return cls(
             text_width=text.hidden_size,

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import Backbone, register, unwrap_model
+from .base import Backbone, register
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +64,7 @@ class SiglipBackbone(Backbone):
 
     @classmethod
     def from_model(cls, model: nn.Module) -> "SiglipBackbone":
-        from .base import family_of
-
-        siglip = unwrap_model(model)
-        if not cls.matches(siglip):
-            family_of(siglip)  # raises the error naming the supported families (or this is another family's model)
-            raise TypeError(f"{type(siglip).__name__} is not a SigLIP model: use `backbone_for(model)`")
+        siglip = cls.own_model(model)
         text, vision = siglip.config.text_config, siglip.config.vision_config
         if not vision.vision_use_head:
             raise ValueError(
