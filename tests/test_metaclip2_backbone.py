@@ -1,17 +1,14 @@
 """MetaCLIP 2 behind the backbone interface: CoOp and deep prompts on a tiny random `MetaClip2Model` (offline).
 
-Real MetaCLIP 2 checkpoints use XLM-V's sentencepiece tokenizer (`<s>` = 0, `<pad>` = 1, `</s>` = 2, one start token)
-and set `eos_token_id = 2`. It cannot be downloaded at test time and is not shipped, so the tests build a tiny
-word-level tokenizer with exactly that special-token layout: EOS = 2 is the case where CLIP's legacy argmax pooling
-would pick the wrong position, and padding with id 1 after the EOS is what a real checkpoint sees.
+The tiny model and its XLM-V-like tokenizer (`<s>` = 0, `<pad>` = 1, `</s>` = 2) are built in
+`tests/tiny_metaclip2.py`; the method x family matrix is in `tests/test_metaclip2_methods.py`.
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
 from peft import PeftModel, get_peft_model
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import MetaClip2Config, MetaClip2Model, PreTrainedTokenizerFast
+from transformers import MetaClip2Model
 
 from peft_vlprompt import (
     CoCoOpConfig,
@@ -26,37 +23,9 @@ from peft_vlprompt.backbones import ClipBackbone, MetaClip2Backbone, backbone_fo
 from peft_vlprompt.text_prefix import shared_prefix_text_features
 from peft_vlprompt.tuners.tokens import leading_special_tokens
 from tests.tiny import pixels
+from tests.tiny_metaclip2 import MAX_LEN, PROJ, TEXT_WIDTH, VISION_WIDTH, VOCAB, tiny_metaclip2, xlmv_like_tokenizer
 
 CLASSNAMES = ["cat", "golden retriever", "golden eagle", "sea lion"]
-WORDS = ["a", "photo", "of", "the", ".", "X", "cat", "dog", "golden", "retriever", "eagle", "sea", "lion"]
-SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # XLM-V's ids 0..3
-VOCAB, MAX_LEN, TEXT_WIDTH, VISION_WIDTH, PROJ = 32, 16, 32, 40, 24
-
-
-def xlmv_like_tokenizer() -> PreTrainedTokenizerFast:
-    """Words -> ids 4.., wrapped as `<s> text </s>` like XLM-V's tokenizer."""
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", pad_token="<pad>", eos_token="</s>",
-                                   unk_token="<unk>")  # fmt: skip
-
-
-def tiny_metaclip2(seed: int = 0, attn: str = "eager", layers: int = 2) -> MetaClip2Model:
-    torch.manual_seed(seed)
-    config = MetaClip2Config(
-        text_config=dict(vocab_size=VOCAB, hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=layers,
-                         num_attention_heads=4, max_position_embeddings=MAX_LEN, bos_token_id=0, pad_token_id=1,
-                         eos_token_id=2),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=VISION_WIDTH, intermediate_size=80,
-                           num_hidden_layers=layers, num_attention_heads=4),
-        projection_dim=PROJ,
-    )  # fmt: skip
-    config._attn_implementation = attn
-    config.text_config._attn_implementation = attn
-    config.vision_config._attn_implementation = attn
-    return MetaClip2Model(config).eval()
 
 
 def test_backbone_reads_the_metaclip2_model():

@@ -54,6 +54,8 @@ class Backbone:
         placeholder_token: text standing for one learned context token in prompt strings ("X" as in CoOp).
         text_start_tokens: special tokens the family's own tokenizer puts before the text (CLIP: 1, its start token;
             SigLIP: 0). Context slots start after them; `PromptClassifier` replaces it by what its tokenizer does.
+        prompt_pad_token_id: the id the family's released prompt-learning code pads token-id rows it builds itself
+            with (DPL's template ensemble; OpenAI's `clip.tokenize` pads with 0), or None: the tokenizer's pad token.
     """
 
     text_width: int
@@ -85,6 +87,7 @@ class Backbone:
     logit_rule: ClassVar[str] = "softmax"
     placeholder_token: ClassVar[str] = "X"
     text_start_tokens: ClassVar[int] = 1
+    prompt_pad_token_id: ClassVar[int | None] = None
 
     # -- recognising and reading a model -----------------------------------------------------------------------------
     @classmethod

@@ -49,6 +49,7 @@ class ClipBackbone(Backbone):
     vision_pooling = "cls"  # pooled = post_layernorm(hidden[:, 0]): prompts appended after the patches never reach it
     logit_rule = "softmax"
     placeholder_token = "X"
+    prompt_pad_token_id = 0  # `clip.tokenize` zero-pads (not the EOT the HF tokenizer pads with)
     text_attention_implementations = ("eager", "sdpa")  # what `peft_vlprompt.text_prefix` reproduces exactly
 
     @classmethod

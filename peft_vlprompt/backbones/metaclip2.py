@@ -7,7 +7,8 @@ causal text attention, softmax logits), so this family subclasses `ClipBackbone`
   `</s>`), where CLIP's legacy rule would take the argmax id instead (`MetaClip2TextModel` has no such rule).
 - The tokenizer is XLM-V's sentencepiece (`<s>` = 0, `<pad>` = 1, `</s>` = 2; one start token, so context slots
   still start at position 1), not CLIP's BPE: the package ships none, so `default_tokenizer()` is None (configs with
-  `ctx_init` need `config.tokenize_with(tokenizer)`) and `load_tokenizer` takes the checkpoint's own.
+  `ctx_init` need `config.tokenize_with(tokenizer)`) and `load_tokenizer` takes the checkpoint's own; rows the
+  package builds itself (DPL's template ensemble) are padded with that tokenizer's `<pad>`, not `clip.tokenize`'s 0.
 """
 
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ class MetaClip2Backbone(ClipBackbone):
     family = "metaclip2"
     model_type = ("metaclip_2",)
     text_pooling = "first_eos"
+    prompt_pad_token_id = None  # XLM-V's `<pad>`, as the checkpoint's own tokenizer pads (not `clip.tokenize`'s 0)
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

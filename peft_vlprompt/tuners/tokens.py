@@ -131,6 +131,7 @@ class TokenIdsMixin:
         ids = list(tokenizer(PLACEHOLDER_TOKEN, add_special_tokens=False)["input_ids"])
         self.placeholder_token_id = _single_id(ids)
         self.token_ids_from = GIVEN
+        self.given_tokenizer = tokenizer  # not a field (never saved): layers tokenizing more text at injection use it
         return self
 
     def resolve_tokens(self, backbone: Backbone) -> None:
