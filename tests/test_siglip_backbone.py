@@ -58,7 +58,10 @@ def test_coop_logits_match_a_hand_restatement():
 
 
 def test_the_context_sees_the_class_name():
-    # bidirectional text: the context slots' outputs depend on the class name, unlike CLIP's causal tower
+    # bidirectional text: a context slot's output depends on the class name after it (in CLIP's causal tower it
+    # would not). Called directly (no classifier to say the BPE writes a start token), the CoOp layer uses SigLIP's
+    # own layout, whose tokenizer adds none: the 4 context vectors replace positions 0..3 (the BPE's start token and
+    # three "X"); position 1 compared here is a context slot either way, the class name is at position 5
     model = get_peft_model(tiny_siglip(), CoOpConfig(n_ctx=4))
     ids = tokenizer()(["X X X X cat.", "X X X X dog."], padding="max_length", max_length=MAX_LEN,
                       return_tensors="pt")["input_ids"]  # fmt: skip
