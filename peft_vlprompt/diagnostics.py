@@ -7,7 +7,8 @@ after introducing the learned prompts. We measure it for any peft adapter, per m
 
 where h_l is the output of block l (`output_hidden_states`, without the embedding input). Text tokens are the
 positions up to and including EOT (and inside `attention_mask` when given), prompt slots included; vision tokens are
-CLS + patches only (appended prompt tokens have no base counterpart). The base pass runs with every adapter
+the base pass's tokens, i.e. the backbone's `num_image_tokens` (CLS + patches on CLIP, the patches alone on SigLIP):
+appended prompt tokens follow them and have no base counterpart. The base pass runs with every adapter
 disabled and without gradients; the prompted pass keeps gradients, so the result can be a training loss.
 """
 

@@ -109,7 +109,9 @@ def test_ctx_init_needs_the_models_tokenizer():
     assert torch.equal(ctx.detach(), weight[[320, 1125, 539, 320]])  # "a photo of a" in the given tokenizer
 
 
-def test_appended_vision_prompts_are_refused_until_the_pooling_head_drops_them():
-    with pytest.raises(ValueError, match=r"vision prompts .*not supported on a siglip model"):
-        get_peft_model(tiny_siglip(), DeepPromptConfig(text_lengths=[2, 0], vision_lengths=[2, 0]))
-    get_peft_model(tiny_siglip(), DeepPromptConfig(text_lengths=[2, 2], vision_lengths=[0, 0]))  # text only: fine
+def test_appended_vision_prompts_are_dropped_before_the_pooling_head():
+    # what the post-norm and the head see: the 16 patches only (hand re-statement: test_siglip_vision_prompts.py)
+    model = get_peft_model(tiny_siglip(), DeepPromptConfig(text_lengths=[2, 0], vision_lengths=[2, 0]))
+    with torch.no_grad():
+        hidden = model.base_model.model.vision_model(pixel_values=pixels(), output_hidden_states=True)
+    assert hidden.hidden_states[-1].shape[1] == 16 + 2 and hidden.last_hidden_state.shape[1] == 16

@@ -3,8 +3,8 @@
 Per method: the prompts the classifier writes (checked against the string written by hand), logits against the hand
 re-statement of `tests/tiny_siglip.py` (prompt token lists written from the vocabulary, context/prompts substituted
 by hand, bidirectional text, last-position pooling, exp(scale) * cos + bias), save/load bit-identical and
-`disable_adapter()` equal to the untouched model. Vision prompts that add tokens are refused on SigLIP (the
-attention-pooling head would attend to them); prefix vision prompts add only keys/values and are allowed.
+`disable_adapter()` equal to the untouched model. Vision prompts that add tokens (dropped before the attention-pooling
+head) are tested in `tests/test_siglip_vision_prompts.py`; prefix vision prompts add only keys/values.
 """
 
 import os
@@ -201,15 +201,6 @@ def test_promptsrc_text_side_matches_the_hand_restatement():
                                    atol=1e-5, rtol=1e-5)  # fmt: skip
 
 
-@pytest.mark.parametrize("config", [PromptSRCConfig, DeepPromptConfig])
-def test_vision_prompts_that_add_tokens_are_refused_naming_the_field(config):
-    kwargs = dict(text_lengths=[2, 2], vision_lengths=[2, 2])
-    if config is PromptSRCConfig:
-        kwargs["ctx_init"] = None
-    with pytest.raises(ValueError, match=r"`vision_lengths`=\[2, 2\].*siglip"):
-        get_peft_model(tiny_siglip(), config(**kwargs))
-
-
 # ---- every method: save/load bit-identical, disable_adapter() equals the untouched model -----------------------
 ALL = {
     "coop-front": lambda: CoOpConfig(n_ctx=N_CTX, class_token_position="front"),
@@ -223,6 +214,7 @@ ALL = {
     "promptsrc-text": lambda: PromptSRCConfig(text_lengths=[4, 4], vision_lengths=[0, 0]).tokenize_with(
         word_tokenizer()
     ),
+    "maple": lambda: DeepPromptConfig(text_lengths=[2, 2], coupling="maple"),  # vision prompts dropped before the head
 }
 
 
@@ -244,9 +236,10 @@ def test_save_load_bit_identical_and_disable_adapter_is_the_base(method, tmp_pat
 
 
 # ---- AutoPeftModel in a fresh process; the zero-shot pipelines ---------------------------------------------------
-def test_auto_peft_model_in_a_fresh_process_gives_bit_identical_logits(tmp_path):
+@pytest.mark.parametrize("method", ["deep-prefix", pytest.param("maple", marks=pytest.mark.slow)])
+def test_auto_peft_model_in_a_fresh_process_gives_bit_identical_logits(method, tmp_path):
     tiny_siglip().save_pretrained(tmp_path / "base")
-    model = get_peft_model(SiglipModel.from_pretrained(tmp_path / "base").eval(), ALL["deep-prefix"]())
+    model = get_peft_model(SiglipModel.from_pretrained(tmp_path / "base").eval(), ALL[method]())
     randomise(model)
     model.save_pretrained(tmp_path / "adapter")
     with torch.no_grad():
@@ -289,7 +282,7 @@ def scores(outputs):
     return torch.tensor([[{d["label"]: d["score"] for d in out}[name] for name in CLASSNAMES] for out in outputs])
 
 
-@pytest.mark.parametrize("method", ["coop-front", "cocoop", "deep-prefix"])
+@pytest.mark.parametrize("method", ["coop-front", "cocoop", "deep-prefix", "maple"])
 def test_zero_shot_pipeline_matches_prompt_classifier(method):
     # SigLIP's pipeline scores are sigmoid(logits) per label (the bias included), not a softmax over the labels
     # 64 positions: the stock pipeline pads SigLIP text to 64 tokens (and drops `tokenizer_kwargs`)

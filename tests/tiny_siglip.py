@@ -6,7 +6,8 @@ downloaded at test time); lower-cased, so the placeholder "X" is the word "x" (a
 `text_features` restates `SiglipTextTransformer` from the math with plain tensor ops (it reads the weights of an
 untouched model and never calls transformers' modules or peft_vlprompt's wrappers): token embeddings + positions,
 pre-LN blocks with BIDIRECTIONAL attention and no mask (the text is padded to the full length), tanh-GELU MLPs, the
-final norm, the LAST position through `head`.
+final norm, the LAST position through `head`. `vision_features` restates the vision tower the same way, with vision
+prompts appended at the chosen layers and cut back to the patches before the post-norm and the pooling head.
 """
 
 import math
@@ -112,18 +113,26 @@ def text_features(base: SiglipModel, embeds: torch.Tensor, replace=None, prefix=
 
 
 @torch.no_grad()
-def vision_features(base: SiglipModel, pixel_values: torch.Tensor, prefix=None) -> torch.Tensor:
+def vision_features(base: SiglipModel, pixel_values: torch.Tensor, prefix=None, append=None, hidden_states=False):
     """Pooled image features (B, D) restated: patches (conv as a matmul, with bias) + positions (no CLS), pre-LN
     blocks (`prefix[i]`: extra keys/values LN1(P) of layer i), post-LN, then the attention-pooling head: a learned
-    probe attends over the tokens (`nn.MultiheadAttention` weights), plus a residual LN + MLP."""
-    prefix = prefix or {}
+    probe attends over the tokens (`nn.MultiheadAttention` weights), plus a residual LN + MLP.
+
+    `append[0]`: prompts (n, d) appended after the patch embeddings (no position); `append[i]` (i >= 1): whatever
+    follows the patches in the sequence entering layer i is replaced by these prompts. Before the post-LN the
+    sequence is cut back to the patches, so the head pools exactly the patch tokens. `hidden_states=True` also
+    returns each layer's output (B, tokens, d), prompts included, as a list."""
+    prefix, append = prefix or {}, append or {}
     vision, cfg = base.vision_model, base.config.vision_config
     emb, p, heads = vision.embeddings, cfg.patch_size, cfg.num_attention_heads
     batch, grid = pixel_values.shape[0], cfg.image_size // cfg.patch_size
     patches = pixel_values.reshape(batch, 3, grid, p, grid, p).permute(0, 2, 4, 1, 3, 5).reshape(batch, grid**2, -1)
     x = patches @ emb.patch_embedding.weight.reshape(cfg.hidden_size, -1).T + emb.patch_embedding.bias
     x = x + emb.position_embedding.weight
+    outputs = []
     for i, layer in enumerate(vision.encoder.layers):
+        if i in append:  # the patches stay, the tokens after them are this layer's prompts
+            x = torch.cat([x[:, : grid**2], append[i].expand(batch, -1, -1)], dim=1)
         h = _layer_norm(x, layer.layer_norm1)
         kv = (
             h
@@ -132,7 +141,8 @@ def vision_features(base: SiglipModel, pixel_values: torch.Tensor, prefix=None) 
         )
         x = x + _attention(h, kv, layer.self_attn, heads)
         x = x + _linear(_gelu_tanh(_linear(_layer_norm(x, layer.layer_norm2), layer.mlp.fc1)), layer.mlp.fc2)
-    x = _layer_norm(x, vision.post_layernorm)
+        outputs.append(x)
+    x = _layer_norm(x[:, : grid**2], vision.post_layernorm)  # appended prompts never reach the head
     head = vision.head
     wq, wk, wv = head.attention.in_proj_weight.chunk(3)
     bq, bk, bv = head.attention.in_proj_bias.chunk(3)
@@ -142,7 +152,8 @@ def vision_features(base: SiglipModel, pixel_values: torch.Tensor, prefix=None) 
     v = (x @ wv.T + bv).view(batch, -1, heads, hd).transpose(1, 2)
     pooled = ((q @ k.transpose(-1, -2)) / hd**0.5).softmax(-1) @ v  # (B, H, 1, hd)
     pooled = _linear(pooled.transpose(1, 2).reshape(batch, width), head.attention.out_proj)
-    return pooled + _linear(_gelu_tanh(_linear(_layer_norm(pooled, head.layernorm), head.mlp.fc1)), head.mlp.fc2)
+    pooled = pooled + _linear(_gelu_tanh(_linear(_layer_norm(pooled, head.layernorm), head.mlp.fc1)), head.mlp.fc2)
+    return (pooled, outputs) if hidden_states else pooled
 
 
 @torch.no_grad()

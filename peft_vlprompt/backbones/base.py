@@ -50,6 +50,9 @@ class Backbone:
         text_padding: "longest" (any padding after the pooled token is fine) or "max_length" (pad to max_positions).
         vision_pooling: "cls" (the first token; prompts appended after the patches are ignored by pooling, so they
             need no dropping) or "head" (an attention-pooling head: appended prompts must be dropped before it).
+        vision_head_input: with `vision_pooling = "head"`, the module (path from the root) that takes the last
+            encoder layer's output on its way to the head (SigLIP: its post-norm); replace-mode vision prompts
+            appended to the sequence are dropped at its input, so it and the head see exactly the image tokens.
         logit_rule: "softmax" (logits = scale * cos) or "sigmoid" (scale * cos + bias; `logits` adds the bias).
         placeholder_token: text standing for one learned context token in prompt strings ("X" as in CoOp).
         text_start_tokens: special tokens the family's own tokenizer puts before the text (CLIP: 1, its start token;
@@ -84,6 +87,7 @@ class Backbone:
     text_is_causal: ClassVar[bool] = True
     text_padding: ClassVar[str] = "longest"
     vision_pooling: ClassVar[str] = "cls"
+    vision_head_input: ClassVar[str] = ""
     logit_rule: ClassVar[str] = "softmax"
     placeholder_token: ClassVar[str] = "X"
     text_start_tokens: ClassVar[int] = 1

@@ -8,12 +8,13 @@ How SigLIP differs from CLIP, and what prompts mean on it:
 - The text is pooled at the last position (`last_hidden_state[:, -1]`, usually padding) and projected by
   `text_model.head`; `eot_index` gives the first EOS (where the prompt text ends), which CoOp's front/middle layouts
   count back from.
-- Vision has no CLS token: all patch tokens go through the attention-pooling head (`vision_model.head`, which is also
-  the vision "projection"). Tokens appended to the vision sequence would be pooled by it, so the chosen rule
-  (`vision_pooling = "head"`) is that appended vision prompts are dropped before the head; the deep-prompt layers
-  implementing that drop are not written yet, so vision prompts that add tokens (replace mode: MaPLe, IVLP,
-  PromptSRC, VPT) are refused on SigLIP. Prefix vision prompts (DPL, `mode="prefix"`) only add keys/values, so the
-  head never sees them: they are supported.
+- Vision has no CLS token: all patch tokens go through `vision_model.post_layernorm` and the attention-pooling head
+  (`vision_model.head`, which is also the vision "projection"). Tokens appended to the vision sequence would be
+  pooled by it, so the rule (`vision_pooling = "head"`) is: appended vision prompts (replace mode: IVLP, VPT-deep,
+  MaPLe, PromptSRC, RESTORE) take part in every encoder layer as on CLIP, and are dropped at the input of
+  `post_layernorm` (`vision_head_input`), so the norm and the head see exactly the patch tokens, as in the base
+  model. The prompts act on the image features only through the patches' attention to them. Prefix vision prompts
+  (DPL, `mode="prefix"`) only add keys/values, so the head never sees them either.
 - Logits are `exp(logit_scale) * cos + logit_bias` (`logit_rule = "sigmoid"`).
 - SigLIP's sentencepiece tokenizer is not shipped with the package (`default_tokenizer()` is None): configs with
   `ctx_init` need `config.tokenize_with(tokenizer)`. SigLIP's own tokenizer adds no start token, so context slots
@@ -52,6 +53,7 @@ class SiglipBackbone(Backbone):
     text_is_causal = False
     text_padding = "max_length"
     vision_pooling = "head"
+    vision_head_input = "vision_model.post_layernorm"  # appended vision prompts are dropped at its input
     logit_rule = "sigmoid"
     placeholder_token = "X"
     text_start_tokens = 0  # the sentencepiece tokenizer only appends `</s>`

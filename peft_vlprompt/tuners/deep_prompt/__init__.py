@@ -1,6 +1,13 @@
 from ..._peft_compat import register_method
 from .config import DeepPromptConfig, LayerSpec, PromptSRCConfig
-from .layer import DeepPromptLayer, DeepTextLayer, DeepVisionLayer, TextContextEmbedding, VisionPromptEmbeddings
+from .layer import (
+    DeepPromptLayer,
+    DeepTextLayer,
+    DeepVisionLayer,
+    TextContextEmbedding,
+    VisionHeadInput,
+    VisionPromptEmbeddings,
+)
 from .model import DeepPromptModel, PromptSRCModel, deep_prompt_wrapper
 from .prefix import PrefixAttention, prefix_attention
 from .presets import deep_language_preset, ivlp_preset, maple_preset, promptsrc_preset, vpt_deep_preset
@@ -19,6 +26,7 @@ __all__ = [
     "PromptSRCConfig",
     "PromptSRCModel",
     "TextContextEmbedding",
+    "VisionHeadInput",
     "VisionPromptEmbeddings",
     "deep_language_preset",
     "deep_prompt_wrapper",

@@ -21,11 +21,13 @@ class LayerSpec:
     Attributes:
         tower: `"text"` or `"vision"`.
         index: entry of `text_lengths` / `vision_lengths` (0 = the input, i = layer i).
-        kind: `"embedding"` (index 0 in replace mode), `"layer"` (replace mode, index >= 1) or `"attention"` (prefix).
+        kind: `"embedding"` (index 0 in replace mode), `"layer"` (replace mode, index >= 1), `"attention"` (prefix)
+            or `"drop"` (vision replace mode on an attention-pooling family: the module before the pooling head,
+            index = the number of layers, holding no prompts).
         length: number of prompt vectors.
         width: hidden size of the tower.
         carried: vision replace mode only: prompt tokens the incoming sequence carries from earlier layers (dropped
-            here before the new prompts are appended).
+            here before the new prompts are appended, or before the pooling head for `"drop"`).
         coupled: the prompts are a learned projection of the text prompts of the same index (MaPLe).
     """
 
@@ -70,7 +72,9 @@ class DeepPromptConfig(TokenIdsMixin, VLPromptConfig):
         - Vision: index 0 appends n_0 tokens after CLS+patches, without positional embedding, before
           `pre_layrnorm` (as MaPLe). Layer i with n_i > 0 drops the prompt outputs carried from earlier layers and
           appends its own n_i prompts; a layer with n_i = 0 carries the earlier prompt outputs forward (MaPLe's
-          behaviour past its prompt depth). CLS pooling is untouched.
+          behaviour past its prompt depth). CLS pooling is untouched; on attention-pooling families
+          (`vision_pooling="head"`, SigLIP) the appended prompts are dropped before the pooling head, which sees
+          exactly the image tokens (the prompts act through the attention of the image tokens to them).
     `mode="prefix"` (DPL): layer i's n_i prompts are extra keys/values of its attention only:
         K/V = k/v_proj(LN1([x ; P_i])), Q = q_proj(LN1(x)); every token (SOS included) may attend to every prompt,
         real tokens keep their causal/padding mask; sequence and pooling are untouched. Index 0 is layer 0.
@@ -232,13 +236,13 @@ class DeepPromptConfig(TokenIdsMixin, VLPromptConfig):
                     "per layer (0 = no prompt)"
                 )
         self.resolve_tokens(backbone)
-        if self.mode == "replace" and any(self.vision_lengths or ()) and backbone.vision_pooling != "cls":
-            # appended tokens would be pooled by an attention-pooling head; dropping them before it is not built yet
-            raise ValueError(
-                f"replace-mode vision prompts (`vision_lengths`={self.vision_lengths}) are not supported on a "
-                f"{backbone.family} model, whose vision tower pools with a head that would attend to them: use "
-                "text prompts only or `mode='prefix'`"
-            )
+        if self.mode == "replace" and any(self.vision_lengths or ()) and backbone.vision_pooling == "head":
+            if not backbone.vision_head_input:  # a family file's omission, caught before any module is wrapped
+                raise ValueError(
+                    f"replace-mode vision prompts (`vision_lengths`={self.vision_lengths}) must be dropped before the "
+                    f"pooling head of a {backbone.family} model, but its backbone names no `vision_head_input`: use "
+                    "text prompts only or `mode='prefix'`"
+                )
         if self.placeholder_token_id is not None and self.placeholder_token_id >= backbone.vocab_size:
             raise ValueError(
                 f"`placeholder_token_id`={self.placeholder_token_id} is outside the model's vocabulary "
@@ -267,6 +271,9 @@ class DeepPromptConfig(TokenIdsMixin, VLPromptConfig):
                 specs[path] = LayerSpec(tower, index, kind, length, width, carried, coupled)
                 if self.mode == "replace" and tower == "vision":
                     carried = length  # later layers drop these before appending their own
+            if tower == "vision" and carried and backbone.vision_pooling == "head":
+                # an attention-pooling head would pool the prompts still appended after the last layer
+                specs[backbone.vision_head_input] = LayerSpec(tower, len(lengths), "drop", 0, width, carried)
         return specs
 
     def module_path(self, tower: str, index: int, backbone: Backbone | type[Backbone]) -> str:
@@ -303,7 +310,8 @@ class PromptSRCConfig(DeepPromptConfig):
     Defaults are the released base-to-new setting for ViT-B/16 (12 layers per tower):
     `configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml` = 4 text + 4 vision prompts at depth 9,
     `CTX_INIT "a photo of a"`, text / image loss weights 25 / 10, GPA N(15, 1) over 20 epochs. For another backbone
-    use `promptsrc_preset(model)`, which sizes the lists to the model.
+    use `promptsrc_preset(model)`, which sizes the lists to the model. On attention-pooling families (SigLIP) the
+    appended vision prompts are dropped before the pooling head; the losses' frozen side runs with the adapter off.
 
     Args:
         text_loss_weight (`float`): weight of the L1 text-feature term (`TEXT_LOSS_WEIGHT`).

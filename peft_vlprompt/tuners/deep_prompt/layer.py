@@ -138,3 +138,19 @@ class DeepVisionLayer(DeepPromptLayer):
         if name is not None:
             hidden_states = append_prompts(hidden_states, self.prompts(name), drop=self.deep_spec[name].carried)
         return self.base_layer(hidden_states, *args, **kwargs)
+
+
+class VisionHeadInput(DeepPromptLayer):
+    """The module before an attention-pooling head (`Backbone.vision_head_input`, e.g. SigLIP's post-norm): the prompt
+    tokens still appended after the last encoder layer (`carried`) are dropped from its input, so it and the head
+    see exactly the image tokens, as in the base model. Holds no prompts."""
+
+    def update_layer(self, adapter_name: str, config: DeepPromptConfig, backbone: Backbone, key: str) -> None:
+        self.deep_spec[adapter_name] = config.layer_specs(backbone)[key]
+        self.set_adapter(self.active_adapters)
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        name = self.prompt_adapter()
+        if name is not None:
+            hidden_states = hidden_states[:, : hidden_states.shape[1] - self.deep_spec[name].carried]
+        return self.base_layer(hidden_states, *args, **kwargs)

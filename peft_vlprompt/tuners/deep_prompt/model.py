@@ -5,7 +5,14 @@ from torch import nn
 from ...backbones import Backbone, family_of, unwrap_model
 from ..base import VLPromptLayer, VLPromptTuner
 from .config import DeepPromptConfig
-from .layer import DeepPromptLayer, DeepTextLayer, DeepVisionLayer, TextContextEmbedding, VisionPromptEmbeddings
+from .layer import (
+    DeepPromptLayer,
+    DeepTextLayer,
+    DeepVisionLayer,
+    TextContextEmbedding,
+    VisionHeadInput,
+    VisionPromptEmbeddings,
+)
 from .prefix import PrefixAttention
 
 WRAPPERS: dict[tuple[str, str], type[DeepPromptLayer]] = {
@@ -13,6 +20,7 @@ WRAPPERS: dict[tuple[str, str], type[DeepPromptLayer]] = {
     ("embedding", "vision"): VisionPromptEmbeddings,
     ("layer", "text"): DeepTextLayer,
     ("layer", "vision"): DeepVisionLayer,
+    ("drop", "vision"): VisionHeadInput,  # attention-pooling families: appended prompts dropped before the head
     ("attention", "text"): PrefixAttention,
     ("attention", "vision"): PrefixAttention,
 }

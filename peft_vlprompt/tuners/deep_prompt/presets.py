@@ -13,6 +13,9 @@ Sources (`muzairkhattak/multimodal-prompt-learning@69bce21`, `muzairkhattak/Prom
 tower's layer count (logged as a warning), so the presets' paper depths also build small test models. The training
 loop clips only a preset's depth: a depth the user gave deeper than the model is refused there
 (`peft_vlprompt.training.method_checks.check_user_depths`).
+
+Every preset with vision prompts (IVLP, VPT-deep, MaPLe, PromptSRC) works on any family: on attention-pooling families
+(`Backbone.vision_pooling == "head"`, e.g. SigLIP) the appended vision prompts are dropped before the pooling head.
 """
 
 import logging

@@ -45,6 +45,8 @@ class RestoreAdapterConfig(DeepPromptConfig):
       `peft_vlprompt.update_restore_ratios(model, epoch, num_epochs)` at the end of every epoch.
     - Feature-shift consistency (`peft_vlprompt.losses.restore_losses`), weight `fs_weight`, definition
       `fs_definition`: `"prompt_norm"` (released code) or `"features"` (the paper's definition on hidden states).
+    - On attention-pooling families (SigLIP) the appended vision prompts are dropped before the pooling head, whose
+      output the vision surgery adapter wraps; the `"features"` shift compares the backbone's image tokens only.
 
     Defaults are the released base-to-new setting for ViT-B/16 (`configs/trainers/MaPLe_FSA/
     vit_b16_c2_ep5_batch4_2ctx.yaml`: 2 prompts, depth 9, "a photo of a", 10 epochs despite the file name). The

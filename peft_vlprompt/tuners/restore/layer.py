@@ -14,7 +14,7 @@ def quick_gelu(x: torch.Tensor) -> torch.Tensor:
 
 
 class SurgeryAdapter(VLPromptLayer):
-    """Wraps `text_projection` or `visual_projection` (input (N, width), output (N, D)).
+    """Wraps `text_projection` or `visual_projection` (output (N, D); on SigLIP the vision one is the pooling head).
 
     Per adapter: `restore_norm` (LayerNorm(D)), `restore_fc1` (D -> m·D), `restore_fc2` (m·D -> D) are trained;
     the persistent buffers `restore_ratio` (r), `restore_updated` (1 once the ratio update ran) and
@@ -36,7 +36,7 @@ class SurgeryAdapter(VLPromptLayer):
         self.restore_tower: dict[str, str] = {}
 
     def update_layer(self, adapter_name: str, config: RestoreAdapterConfig, backbone: Backbone, key: str) -> None:
-        weight = self.base_layer.weight
+        weight = self._reference_weight()  # a pooling head (the vision "projection" of some families) has no .weight
         dim, hidden = backbone.projection_dim, backbone.projection_dim * config.adapter_hidden_mult
         factory = dict(device=weight.device, dtype=torch.float32)
         self.restore_norm[adapter_name] = nn.LayerNorm(dim, **factory).to(weight.dtype)
