@@ -163,6 +163,8 @@ def train(args: TrainArguments) -> dict:
         else:
             cls = spec.resolved_config_class()
             config = spec.build_config(cls, user_adapter_settings(spec, preset, args), ctx)
+        if hasattr(config, "tokenize_with") and ctx.backbone.default_tokenizer() is None:
+            config.tokenize_with(tokenizer)  # a family shipping no tokenizer: `ctx_init` in the model's own
         # shared CSC (`class_specific` with `ctx_init` and `class_specific_init="shared"`) is one context for all
         per_class = getattr(config, "per_class_context", getattr(config, "class_specific", False))
         if per_class and args.protocol != "few_shot":
