@@ -2,25 +2,34 @@
 
     python examples/toy/methods_table.py                          # all methods, seeds 1 2 3 (long: see README)
     python examples/toy/methods_table.py --methods coop prograd --seeds 1
+    # a second table for another backbone, beside the first
+    python examples/toy/methods_table.py --model path/to/toy_siglip --protocols base2new_night \
+        --title "Methods on the toy world, toy SigLIP" --results_file examples/toy/results/methods_table_siglip.md \
+        --plot_file examples/toy/results/base_vs_new_siglip.png --output_dir runs/methods_table_siglip
 
-Protocols, all on the shipped toy CLIP:
+Protocols, on the shipped toy CLIP (or `--model`):
 - base-to-new: train on the base half of `toy_objects` (16 shots), test base and new classes;
 - base-to-new, night: the same on `toy_objects_night`, the domain the toy CLIP never saw in pretraining (the toy
   analogue of a specialised dataset such as EuroSAT: zero-shot is weak, the image features still separate the classes);
 - transfer: train on all `toy_objects` classes, test the other domains (domain generalisation) and the
   `toy_shapes` / `toy_colors` tasks (cross-task transfer) with the same prompts.
-Every method uses one toy schedule (`--num_epochs`, `--batch_size`, `--train_crop_scale`, as the default job) and its
-own preset learning rate, so the table
-compares methods under equal budgets; it does not reproduce the papers' schedules. Finished runs are reused
-(`<output_dir>/<protocol>/<method>/seed<k>/all_results.json`), so an interrupted table resumes.
+Every method runs its paper preset unchanged (adapter settings and learning rate as published) except the schedule,
+shortened for CPU to one toy schedule (`--num_epochs`, `--batch_size`, `--train_crop_scale`, as the default job), so
+the table compares methods under equal budgets; it does not reproduce the papers' schedules. Finished runs are reused
+(`<output_dir>/<protocol>/<method>/seed<k>/all_results.json`), so an interrupted table resumes. Each run's wall time
+(loading included) is measured here and kept beside it in `methods_table_wall_time.json`; the footer sums them.
 """
 
 import argparse
+import io
+import itertools
 import json
 import logging
 import statistics
+import time
 from pathlib import Path
 
+from peft_vlprompt._atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from peft_vlprompt.toy import list_domains
 from peft_vlprompt.toy.registry import DEFAULT_DOMAIN, toy_dataset_name
 from peft_vlprompt.training import DEFAULT_RUN
@@ -43,14 +52,43 @@ DPL_SEARCH_COMMAND = (
 # base-to-new protocols of the table: protocol name -> training dataset
 BASE2NEW = {"base2new": "toy_objects", "base2new_night": toy_dataset_name("objects", "night")}
 PROTOCOLS = [*BASE2NEW, "transfer"]
+WALL_TIME_FILE = "methods_table_wall_time.json"  # beside the run's all_results.json, written after it
 DEFAULT_CROP_SCALE = [float(v) for v in str(DEFAULT_RUN["train_crop_scale"]).split()]  # the default job's
+TITLE = "Methods on the toy world"
+RESULTS_DIR = Path("examples/toy/results")
+
+
+def run_dir(method: str, protocol: str, seed: int, args) -> Path:
+    return Path(args.output_dir) / protocol / method / f"seed{seed}"
+
+
+def check_reused(method: str, protocol: str, seed: int, args) -> None:
+    """A finished run is reused only if it is the run this table asks for (else a table for another model or
+    schedule would silently show old runs): refused before any run starts."""
+    result_file = run_dir(method, protocol, seed, args) / "all_results.json"
+    if not result_file.exists():
+        return
+    done = json.loads(result_file.read_text())
+    asked = {"model": args.model or "toy_clip", "seed": seed, "dataset": BASE2NEW.get(protocol, "toy_objects"),
+             "shots": args.shots}  # fmt: skip
+    if method not in PROBES:
+        asked |= {"num_epochs": args.num_epochs, "batch_size": args.batch_size}
+    recorded = {**done, "shots": done.get("shots_requested", done.get("shots"))}
+    differ = {k: (recorded.get(k), v) for k, v in asked.items() if k in recorded and recorded.get(k) != v}
+    if differ:
+        what = ", ".join(f"`{k}` {old!r} (asked: {new!r})" for k, (old, new) in differ.items())
+        raise ValueError(f"{result_file} is a finished run with {what}: pass another --output_dir for this table, "
+                         "or remove that run's folder to rerun it")  # fmt: skip
 
 
 def run(method: str, protocol: str, seed: int, args, extra: list[str]) -> dict:
-    out = Path(args.output_dir) / protocol / method / f"seed{seed}"
+    out = run_dir(method, protocol, seed, args)
     result_file = out / "all_results.json"
     if result_file.exists():
-        return json.loads(result_file.read_text())
+        result = json.loads(result_file.read_text())
+        if (out / WALL_TIME_FILE).exists():
+            result["wall_s"] = json.loads((out / WALL_TIME_FILE).read_text())["wall_s"]
+        return result
     if args.only_existing:
         return None
     dataset = BASE2NEW.get(protocol, "toy_objects")
@@ -70,7 +108,11 @@ def run(method: str, protocol: str, seed: int, args, extra: list[str]) -> dict:
     if method == "dpl":
         argv += ["--config", str(args.dpl_config)]
     logger.info("running %s", " ".join(argv))
-    return train_main(argv + extra)
+    start = time.perf_counter()
+    result = train_main(argv + extra)
+    wall_s = round(time.perf_counter() - start, 2)  # loading the data and the model included, unlike runtime_s
+    atomic_write_json(out / WALL_TIME_FILE, {"wall_s": wall_s, "measured_by": "examples/toy/methods_table.py"})
+    return {**result, "wall_s": wall_s}
 
 
 def mean_std(values: list[float]) -> str:
@@ -94,18 +136,46 @@ def collect(results: dict[str, list[dict]], key, zero_shot: bool = False) -> dic
 
 
 def base2new_rows(runs_by_method: dict) -> list[str]:
-    rows = ["| method | seeds | base | new | HM |", "|---|---|---|---|---|"]
+    rows = ["| method | seeds | base | new | HM | time/run (s) |", "|---|---|---|---|---|---|"]
     base = collect(runs_by_method, lambda r: r.get("base_accuracy"))
     new = collect(runs_by_method, lambda r: r.get("new_accuracy"))
     hm = collect(runs_by_method, lambda r: r.get("hm"))
-    for method in runs_by_method:
+    for method, runs in runs_by_method.items():
         cells = f"{mean_std(base[method])} | {mean_std(new[method])} | {mean_std(hm[method])}"
-        rows.append(f"| {method} | {len(base[method])} | {cells} |")
+        rows.append(f"| {method} | {len(base[method])} | {cells} | {run_time(runs)} |")
     return rows
+
+
+def seconds(run: dict) -> float | None:
+    """The run's wall time as this script measured it, else (a run from before) its own `runtime_s`."""
+    value = run.get("wall_s", run.get("runtime_s"))
+    return value if isinstance(value, (int, float)) else None
+
+
+def run_time(runs: list[dict]) -> str:
+    times = [t for t in map(seconds, runs) if t is not None]
+    return f"{statistics.mean(times):.0f}" if times else "-"
+
+
+def time_footer(results: dict[str, dict]) -> str:
+    runs = [r for by_method in results.values() for method_runs in by_method.values() for r in method_runs]
+    times = [t for t in map(seconds, runs) if t is not None]
+    walled = sum("wall_s" in r for r in runs)
+    text = f"Total time of the {len(runs)} runs above, one at a time: {sum(times) / 60:.1f} min"
+    if walled == len(runs):
+        return text + " (wall time of each run, loading included)."
+    parts = [f"{walled} runs: wall time, loading included",
+             f"{len(times) - walled} runs from before wall times were recorded: their `runtime_s`, training and "
+             "evaluation only"]  # fmt: skip
+    if len(times) < len(runs):
+        parts.append(f"{len(runs) - len(times)} runs recorded no time")
+    return text + f" ({'; '.join(parts)})."
 
 
 def command_line(args) -> str:
     command = "python examples/toy/methods_table.py"
+    if args.model:
+        command += f" --model {args.model}"
     if list(args.methods) != METHODS:
         command += f" --methods {' '.join(args.methods)}"
     if list(args.protocols) != PROTOCOLS:
@@ -114,10 +184,22 @@ def command_line(args) -> str:
     if args.transfer_seeds:
         command += f" --transfer_seeds {' '.join(map(str, args.transfer_seeds))}"
     command += f" --num_epochs {args.num_epochs} --batch_size {args.batch_size} --shots {args.shots}"
-    return command + f" --train_crop_scale {' '.join(map(str, args.train_crop_scale))}"
+    command += f" --train_crop_scale {' '.join(map(str, args.train_crop_scale))}"
+    if args.title != TITLE:
+        command += f' --title "{args.title}"'
+    for flag, value, default in (
+        ("--output_dir", args.output_dir, "runs/methods_table"),
+        ("--results_file", args.results_file, RESULTS_DIR / "methods_table.md"),
+        ("--plot_file", args.plot_file, RESULTS_DIR / "base_vs_new.png"),
+    ):
+        if Path(value) != Path(default):
+            command += f" {flag} {value}"
+    return command
 
 
 def dpl_lengths(args) -> str:
+    if "dpl" not in args.methods:
+        return ""
     if not args.dpl_config.exists():
         return "DPL: no found configuration."
     found = json.loads(args.dpl_config.read_text())
@@ -128,12 +210,19 @@ def dpl_lengths(args) -> str:
 
 
 def write_table(results: dict[str, dict], args) -> str:
+    model = f"the model `{args.model}`" if args.model else "the toy CLIP shipped in `peft_vlprompt/toy/toy_clip`"
+    schedule = f"`--num_epochs {args.num_epochs} --batch_size {args.batch_size}`"
+    crop = " ".join(map(str, args.train_crop_scale))
     lines = [
-        "# Methods on the toy world",
+        f"# {args.title}",
         "",
-        f"Produced by `{command_line(args)}` (mean ± std over seeds; accuracy in %), with the toy CLIP shipped in "
-        "`peft_vlprompt/toy/toy_clip`. Every method: the same toy schedule, its own preset learning rate and "
-        "adapter settings. The `seeds` column counts the runs that finished. " + dpl_lengths(args),
+        f"Produced by `{command_line(args)}` (mean ± std over seeds; accuracy in %), with {model}. Every method runs "
+        "its paper preset unchanged: adapter settings as published (prompt lengths, depths, initialisation, loss "
+        "weights: `peft_vlprompt/training/presets.py`, `peft_vlprompt/tuners/deep_prompt/presets.py`) and its preset "
+        f"learning rate. Only the schedule is shortened for CPU, the same for every trained method: {schedule} "
+        f"and the random-resized-crop range `--train_crop_scale {crop}` (the default job's). A preset depth deeper "
+        "than the model is clipped to the model's blocks, as each run logs. The `seeds` column counts the runs that "
+        "finished; `time/run` is their mean wall time (s). " + dpl_lengths(args),
         "",
         *([args.note, ""] if args.note else []),
     ]
@@ -147,15 +236,15 @@ def write_table(results: dict[str, dict], args) -> str:
             lines += [title, "", *base2new_rows(results[protocol]), ""]
     transfer = results.get("transfer", {})
     if not transfer:
-        return "\n".join(lines)
+        return "\n".join([*lines, time_footer(results)]) + "\n"
     targets = DG_TARGETS + CROSS_TARGETS
     lines += [
         "## Transfer: train on all `toy_objects` classes (photo domain), test other domains and tasks",
         "",
         "| method | seeds | source | "
         + " | ".join(t.replace("toy_", "") for t in targets)
-        + " | DG avg | cross avg |",
-        "|---|---|---|" + "---|" * (len(targets) + 2),
+        + " | DG avg | cross avg | time/run (s) |",
+        "|---|---|---|" + "---|" * (len(targets) + 3),
     ]
     for method, runs in transfer.items():
         source = [r["accuracy"] for r in runs if "accuracy" in r]
@@ -168,12 +257,12 @@ def write_table(results: dict[str, dict], args) -> str:
         lines.append(
             f"| {method} | {len(source)} | {mean_std(source)} | "
             + " | ".join(cells)
-            + f" | {mean_std(dg)} | {mean_std(cross)} |"
+            + f" | {mean_std(dg)} | {mean_std(cross)} | {run_time(runs)} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", time_footer(results)]) + "\n"
 
 
-def plot(results: dict[str, dict], path: Path) -> None:
+def plot(results: dict[str, dict], path: Path, model: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,13 +283,17 @@ def plot(results: dict[str, dict], path: Path) -> None:
                         xytext=(5, 5))  # fmt: skip
         ax.set_xlabel("base-class accuracy (%)")
         ax.set_ylabel("new-class accuracy (%)")
-        ax.set_title(f"{BASE2NEW[protocol]}, base-to-new (mean ± std over seeds)")
+        on = f" ({Path(model).name})" if model else ""
+        ax.set_title(f"{BASE2NEW[protocol]}{on}, base-to-new (mean ± std over seeds)")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())  # a reader never sees half a plot
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=METHODS, help="Methods to run (default: all).")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
@@ -221,15 +314,36 @@ def main() -> None:
     parser.add_argument("--note", default="", help="A sentence added under the table's heading.")
     parser.add_argument("--model", default=None, help="CLIP folder (default: the shipped toy CLIP).")
     parser.add_argument("--output_dir", default="runs/methods_table")
-    parser.add_argument("--results_dir", type=Path, default=Path("examples/toy/results"))
-    args = parser.parse_args()
+    parser.add_argument("--title", "--section", default=TITLE,
+                        help="The table's heading, e.g. for a table of another backbone.")  # fmt: skip
+    parser.add_argument("--results_dir", type=Path, default=RESULTS_DIR,
+                        help="Folder of the default --results_file and --plot_file.")  # fmt: skip
+    parser.add_argument("--results_file", type=Path, default=None,
+                        help="The markdown table (default: <results_dir>/methods_table.md; another name keeps a "
+                        "second table beside the first).")  # fmt: skip
+    parser.add_argument("--plot_file", type=Path, default=None,
+                        help="The base-vs-new plot (default: <results_dir>/base_vs_new.png; needs matplotlib, the "
+                        "[plot] extra).")  # fmt: skip
+    parser.add_argument("--no_plot", action="store_true", help="Write the table only.")
+    args = parser.parse_args(argv)
+    args.results_file = args.results_file or args.results_dir / "methods_table.md"
+    args.plot_file = args.plot_file or args.results_dir / "base_vs_new.png"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    args.results_dir.mkdir(parents=True, exist_ok=True)
+    if not args.no_plot and any(p in BASE2NEW for p in args.protocols):
+        try:  # found now, not after hours of runs
+            import matplotlib  # noqa: F401
+        except ImportError as e:
+            raise ImportError(
+                'the plot needs matplotlib: pip install "peft-vlprompt[plot]" (or pass --no_plot)'
+            ) from e
     results: dict[str, dict] = {}
     plan = [(protocol, seed) for protocol in args.protocols if protocol in BASE2NEW for seed in args.seeds]
     if "transfer" in args.protocols:
         plan += [("transfer", seed) for seed in args.transfer_seeds or args.seeds]
-    for protocol, seed in sorted(plan, key=lambda p: (p[1], PROTOCOLS.index(p[0]))):  # seed by seed
+    plan = sorted(plan, key=lambda p: (p[1], PROTOCOLS.index(p[0])))  # seed by seed
+    for (protocol, seed), method in itertools.product(plan, args.methods):
+        check_reused(method, protocol, seed, args)
+    for protocol, seed in plan:
         for method in args.methods:
             if method == "dpl" and not args.dpl_config.exists():
                 logger.warning("skipping dpl: %s not found (run examples/dpl_search.py first)", args.dpl_config)
@@ -238,12 +352,13 @@ def main() -> None:
             if result is not None:
                 results.setdefault(protocol, {}).setdefault(method, []).append(result)
             # rewrite after every run, so an interrupted table still shows exactly what finished
-            (args.results_dir / "methods_table.md").write_text(write_table(results, args))
+            atomic_write_text(args.results_file, write_table(results, args))
     table = write_table(results, args)
-    (args.results_dir / "methods_table.md").write_text(table)
-    if any(results.get(p) for p in BASE2NEW):
-        plot(results, args.results_dir / "base_vs_new.png")
-    logger.info("wrote %s\n%s", args.results_dir / "methods_table.md", table)
+    atomic_write_text(args.results_file, table)
+    if not args.no_plot and any(results.get(p) for p in BASE2NEW):
+        plot(results, args.plot_file, args.model)
+    logger.info("wrote %s\n%s", args.results_file, table)
+    return results
 
 
 if __name__ == "__main__":
