@@ -64,7 +64,7 @@ def test_numbers_are_the_diagnostics_of_the_saved_adapters_averaged_over_seeds(r
         mean = [(a + b) / 2 for a, b in zip(expected[0][tower], expected[1][tower])]
         assert ivlp[tower]["mean"] == pytest.approx(mean, rel=1e-5, abs=1e-7)
         assert all(v > 0 for v in ivlp[tower]["mean"])  # IVLP prompts both towers
-    assert saved["images_per_class"] == {"bird": 2, "cat": 2} and saved["dataset"] == "tiny_training_shapes"
+    assert saved["test_images"] == {"bird": 2, "cat": 2} and saved["dataset"] == "tiny_training_shapes"
     assert "--methods ivlp --seeds 1 2" in saved["command"]
     if plot:
         assert (out / "shift.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

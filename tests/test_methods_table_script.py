@@ -30,6 +30,9 @@ def table(tmp_path):
              runtime_s=100.0)  # fmt: skip
     finished(runs, "base2new_night", "coop", 2, base_accuracy=60.0, new_accuracy=50.0, hm=54.5455, runtime_s=200.0)
     finished(runs, "base2new_night", "linear_probe", 1, wall_s=20.0, base_accuracy=59.0, runtime_s=10.0)
+    # zero-shot records no schedule
+    finished(runs, "base2new_night", "zeroshot", 1, base_accuracy=40.0, new_accuracy=30.0, hm=34.2857, num_epochs=0,
+             batch_size=None)  # fmt: skip
     return _load_example("examples/toy/methods_table.py"), runs, tmp_path
 
 
@@ -66,9 +69,10 @@ def test_finished_runs_are_reused_missing_ones_run_and_timed(table, monkeypatch)
 
     monkeypatch.setattr(script, "train_main", fake_train)
     out = tmp / "t.md"
-    script.main(["--methods", "coop", "--protocols", "base2new_night", "--seeds", "1", "2", "3", "--output_dir",
-                 str(runs), "--results_file", str(out), *COMMON])  # fmt: skip
-    assert len(calls) == 1 and calls[0][calls[0].index("--seed") + 1] == "3"  # seeds 1 and 2 reused
+    script.main(["--methods", "zeroshot", "coop", "--protocols", "base2new_night", "--seeds", "1", "2", "3",
+                 "--output_dir", str(runs), "--results_file", str(out), *COMMON])  # fmt: skip
+    asked = [(a[a.index("--method") + 1], a[a.index("--seed") + 1]) for a in calls]
+    assert asked == [("zeroshot", "2"), ("zeroshot", "3"), ("coop", "3")]  # coop 1, 2, zeroshot 1 reused
     wall = json.loads((runs / "base2new_night" / "coop" / "seed3" / "methods_table_wall_time.json").read_text())
     assert wall["wall_s"] >= 0 and "| coop | 3 |" in out.read_text()
 

@@ -188,13 +188,17 @@ def main(argv: list[str] | None = None) -> dict:
         if bad:
             raise ValueError(f"the {'/'.join(bad)} feature shift of {run_dir} is not finite: nothing was written")
         images = shift["images"]
+        short = {c: n for c, n in images.items() if n < args.images_per_class}
+        if short:
+            logger.warning("fewer than %d test images for %s: all of theirs are used", args.images_per_class, short)
         per_method.setdefault(method, {})[seed] = shift
     report = {
         "command": args.command,
         "protocol": args.protocol,
         "dataset": runs[0][3]["dataset"],
         "seeds": list(args.seeds),
-        "images_per_class": images,  # what each class actually gave (fewer where its test split is smaller)
+        "images_per_class": args.images_per_class,
+        "test_images": images,  # what each class gave (fewer where its test split is smaller)
         "definition": "per block: mean over real tokens of ||h(prompted) - h(base)|| / ||h(base)|| "
         "(peft_vlprompt.diagnostics.feature_shift); text: the run's class prompts, vision: CLS + patch tokens",
         "methods": {method: summarise(per_seed) for method, per_seed in per_method.items()},

@@ -71,7 +71,7 @@ def check_reused(method: str, protocol: str, seed: int, args) -> None:
     done = json.loads(result_file.read_text())
     asked = {"model": args.model or "toy_clip", "seed": seed, "dataset": BASE2NEW.get(protocol, "toy_objects"),
              "shots": args.shots}  # fmt: skip
-    if method not in PROBES:
+    if method not in (*PROBES, "zeroshot"):  # those record no schedule (num_epochs 0)
         asked |= {"num_epochs": args.num_epochs, "batch_size": args.batch_size}
     recorded = {**done, "shots": done.get("shots_requested", done.get("shots"))}
     differ = {k: (recorded.get(k), v) for k, v in asked.items() if k in recorded and recorded.get(k) != v}
