@@ -46,7 +46,7 @@ def test_rows_per_domain_and_dataset_with_any_model(tmp_path):
     table = (tmp_path / "out" / "probe.md").read_text()
     assert "| domain | zero-shot | probe | probe - zero-shot |" in table
     assert f"| {dataset} | {tiny['zero_shot']:.1f} | {tiny['zero_shot']:.1f} | +0.0 |" in table
-    assert f"model {model_dir}." in table and "--domains night" in table
+    assert f"on `{model_dir}`." in table and "--domains night" in table
 
 
 def test_unknown_domain_or_dataset_is_refused_before_loading(tmp_path):

@@ -101,11 +101,11 @@ def rows_to_probe(args: ProbeArguments) -> list[tuple[str, str]]:
 
 
 def markdown(results: list[dict], args: ProbeArguments, command: str) -> str:
-    model = args.model or "the shipped toy CLIP (`peft_vlprompt/toy/toy_clip`)"
+    model = f"`{args.model}`" if args.model else "the shipped toy CLIP (`peft_vlprompt/toy/toy_clip`)"
     lines = [
         f"Zero-shot vs a {args.shots}-shot linear probe on the frozen image features ({args.subsample} classes, "
         f"few-shot seed {args.seed}, {args.steps} Adam steps at lr {args.lr}, L2 {args.weight_decay}; accuracy in %), "
-        f"model {model}. Produced by `{command}`.",
+        f"on {model}. Produced by `{command}`.",
         "",
         "| domain | zero-shot | probe | probe - zero-shot |",
         "|---|---|---|---|",
