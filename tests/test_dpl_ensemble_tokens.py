@@ -12,7 +12,7 @@ from peft import PeftConfig, PeftModel, get_peft_model
 
 from peft_vlprompt import DeepPromptConfig, PromptClassifier
 from peft_vlprompt.data.templates import IMAGENET_TEMPLATES_60
-from peft_vlprompt.tuners.dpl.ensemble import EnsembleTextEmbedding
+from peft_vlprompt.tuners.dpl.ensemble import EnsembleTextEmbedding, template_parts
 from tests import reference_clip as ref
 from tests.reference_text import text_feature
 from tests.tiny import pixels, tiny_clip, tokenizer
@@ -97,3 +97,33 @@ def test_the_tokenizer_is_not_saved_with_the_config(tmp_path):
     cfg = config().tokenize_with(tok)
     cfg.save_pretrained(tmp_path)
     assert "given_tokenizer" not in (tmp_path / "adapter_config.json").read_text()
+
+
+def test_prompts_that_are_not_the_last_template_are_refused_naming_it():
+    tok, base = words_model()
+    model = get_peft_model(tiny_metaclip2(vocab=base.config.text_config.vocab_size), config().tokenize_with(tok))
+    clf = PromptClassifier(model, tok, NAMES, template="a photo of a {}.").eval()
+    ids = tok(["a photo of a cat."], return_tensors="pt")["input_ids"]  # not "itap of the cat."
+    with pytest.raises(ValueError, match=r"prompt 0 is not the last ensemble template 'itap of the \{\}\.'"):
+        ensemble_layer(model).ensemble_ids(ids, "default")
+    with torch.no_grad():
+        assert torch.isfinite(clf(pixels())).all()  # the classifier feeds the last template itself
+
+
+def test_template_and_tokenizer_errors_name_the_problem():
+    tok, _ = words_model()
+    with pytest.raises(ValueError, match=r"must contain '\{\}' once, got 'a photo'"):
+        template_parts(("a photo",), tok)
+    with pytest.raises(ValueError, match="cuts each template at the placeholder 'X'"):
+        template_parts(("a {}.",), SplitsX(xlmv_like_tokenizer(["X", "a", "."])))
+
+
+class SplitsX:
+    """A tokenizer whose placeholder "X" (id 4 here) comes out as two ids, as some vocabularies split it."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = self.inner(text, add_special_tokens=add_special_tokens)["input_ids"]
+        return {"input_ids": [i for t in ids for i in ((t, t) if t == 4 else (t,))]}
