@@ -55,7 +55,7 @@ def test_cells_times_and_header_of_a_second_table(table):
     assert coop in text.splitlines()  # seed 3 did not finish; time: seed 1's wall time, seed 2's runtime_s
     assert "| linear_probe | 1 | 59.0 ± 0.0 | - | - | 20 |" in text.splitlines()
     total = (130 + 200 + 20) / 60
-    assert (f"Total time of the 3 runs above, one at a time: {total:.1f} min (2 runs: wall time, loading included; 1 "
+    assert (f"Total time of the 3 runs above: {total:.1f} min, summed over the runs (2 runs: wall time, loading included; 1 "
             "runs from before wall times were recorded: their `runtime_s`, training and evaluation only).\n") in text  # fmt: skip
 
 
@@ -102,4 +102,7 @@ def test_transfer_rows_carry_the_time_and_the_footer_counts_every_run(table):
     cross = statistics.mean(targets[t] for t in script.CROSS_TARGETS)
     cells = " | ".join(f"{v:.1f} ± 0.0" for v in targets.values())
     assert f"| coop | 1 | 75.0 ± 0.0 | {cells} | {dg:.1f} ± 0.0 | {cross:.1f} ± 0.0 | 42 |" in text.splitlines()
-    assert f"Total time of the 2 runs above, one at a time: {(130 + 42) / 60:.1f} min (wall time of each run" in text
+    assert (
+        f"Total time of the 2 runs above: {(130 + 42) / 60:.1f} min, summed over the runs (wall time of each run"
+        in text
+    )

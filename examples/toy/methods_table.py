@@ -161,7 +161,7 @@ def time_footer(results: dict[str, dict]) -> str:
     runs = [r for by_method in results.values() for method_runs in by_method.values() for r in method_runs]
     times = [t for t in map(seconds, runs) if t is not None]
     walled = sum("wall_s" in r for r in runs)
-    text = f"Total time of the {len(runs)} runs above, one at a time: {sum(times) / 60:.1f} min"
+    text = f"Total time of the {len(runs)} runs above: {sum(times) / 60:.1f} min, summed over the runs"
     if walled == len(runs):
         return text + " (wall time of each run, loading included)."
     parts = [f"{walled} runs: wall time, loading included",
