@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from transformers import CLIPModel, CLIPProcessor, pipeline
 
 from peft_vlprompt.toy import load_toy_clip, toy_clip_path, toy_splits
@@ -154,7 +155,8 @@ def _tiny_cfg(**kw):
         text_width=16,
         vision_width=16,
         patch_size=8,
-        projection_dim=8,
+        projection_dim=16,
+        head_dim=8,
         warmup_steps=1,
         log_every=1,
         image_pool_size=0,
@@ -184,7 +186,13 @@ def test_save_round_trip(tmp_path):
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
     loaded = CLIPModel.from_pretrained(str(tmp_path))
     ref = model.state_dict()
-    assert all(torch.equal(ref[k], v) for k, v in loaded.state_dict().items())
+    # stored as float16 (scalars as float32), loaded as float32
+    with safe_open(os.path.join(tmp_path, "model.safetensors"), "pt") as f:
+        assert f.get_tensor("text_projection.weight").dtype == torch.float16
+        assert f.get_tensor("logit_scale").dtype == torch.float32
+    for k, v in loaded.state_dict().items():
+        assert v.dtype == torch.float32
+        assert torch.equal(ref[k] if ref[k].numel() == 1 else ref[k].half().float(), v), k
     assert CLIPProcessor.from_pretrained(str(tmp_path)).tokenizer("X")["input_ids"] == [49406, 343, 49407]
 
 
@@ -197,3 +205,13 @@ def test_config_validation():
         ToyPretrainConfig(domain_weights=[1.0])
     with pytest.raises(ValueError, match="`patch_size` must divide 32, got 5"):
         ToyPretrainConfig(patch_size=5)
+
+
+def test_model_has_clip_heads_and_temperature():
+    config = toy_clip_config(ToyPretrainConfig())
+    for tower in (config.text_config, config.vision_config):
+        assert tower.num_hidden_layers == 12
+        assert tower.hidden_size // tower.num_attention_heads == 64  # OpenAI's head size
+    assert config.logit_scale_init_value == pytest.approx(math.log(1 / 0.07))
+    with pytest.raises(ValueError, match="multiples of `head_dim` \\(64\\), got 48, 64"):
+        ToyPretrainConfig(text_width=48)

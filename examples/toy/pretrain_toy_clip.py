@@ -1,12 +1,13 @@
-"""Pretrain the toy CLIP on the toy world and/or measure its zero-shot accuracy.
+"""Pretrain the toy CLIP (or the toy SigLIP) on the toy world and/or measure its zero-shot accuracy.
 
-Regenerate the shipped model (bit-for-bit on the same torch version and CPU, ~5-8 min on 2 idle cores):
+Regenerate the shipped models (bit-for-bit on the same torch version and CPU; times in README):
 
     python examples/toy/pretrain_toy_clip.py --output_dir peft_vlprompt/toy/toy_clip --eval
+    python examples/toy/pretrain_toy_clip.py --family siglip --output_dir peft_vlprompt/toy/toy_siglip --eval
 
-Zero-shot table of the shipped model (tasks x domains, test split seed 0, 20 images per class and domain):
+Zero-shot table of a shipped model (tasks x domains, test split seed 0, 20 images per class and domain):
 
-    python examples/toy/pretrain_toy_clip.py --eval_only
+    python examples/toy/pretrain_toy_clip.py --eval_only [--model_path peft_vlprompt/toy/toy_siglip]
 
 Every field of `peft_vlprompt.toy.pretrain.ToyPretrainConfig` is a flag (`--steps`, `--difficulty`, ...).
 """
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 
 from accelerate import PartialState
 from accelerate.logging import get_logger
-from transformers import CLIPModel, CLIPProcessor, HfArgumentParser
+from transformers import AutoModel, AutoProcessor, HfArgumentParser
 
 from peft_vlprompt.toy import OBJECT_CLASSES, get_task, list_domains, list_tasks, toy_clip_path, toy_splits
 from peft_vlprompt.toy.pretrain import ToyPretrainConfig, pretrain_toy_clip, save_toy_clip
@@ -55,8 +56,8 @@ def sha256(path: str) -> str:
 
 
 def evaluate(model_path: str, args: ScriptArguments) -> dict[str, dict[str, float]]:
-    model = CLIPModel.from_pretrained(model_path).eval()
-    processor = CLIPProcessor.from_pretrained(model_path)
+    model = AutoModel.from_pretrained(model_path).eval()
+    processor = AutoProcessor.from_pretrained(model_path)
     table: dict[str, dict[str, float]] = {}
     for task in args.eval_tasks:
         template = get_task(task).template
@@ -73,20 +74,20 @@ def evaluate(model_path: str, args: ScriptArguments) -> dict[str, dict[str, floa
     return table
 
 
-def make_probe():
+def make_probe(cfg: ToyPretrainConfig):
     """Zero-shot accuracy on a small fixed objects/photo split during pretraining (for tuning the world)."""
     import numpy as np
     import torch
-    from transformers import CLIPTokenizer
 
-    from peft_vlprompt.assets import clip_tokenizer_path
+    from peft_vlprompt.toy.families import FAMILIES
     from peft_vlprompt.toy.pretrain import normalize_images
 
+    family = FAMILIES[cfg.family]
     test = toy_splits("objects", "photo", 0, 0, 5, seed=0)["test"]
-    pixels = normalize_images(np.stack([np.asarray(im) for im in test["image"]]))
+    pixels = normalize_images(np.stack([np.asarray(im) for im in test["image"]]), family.image_mean, family.image_std)
     labels = torch.tensor(test["label"])
-    tok = CLIPTokenizer.from_pretrained(clip_tokenizer_path())
-    text = tok([f"a photo of a {c}." for c in test.features["label"].names], padding=True, return_tensors="pt")
+    tok = family.tokenizer()
+    text = family.text_inputs([tok(f"a photo of a {c}.")["input_ids"] for c in test.features["label"].names])
 
     def probe(step, model):
         with torch.no_grad():
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.output_dir is None:
             parser.error("--output_dir is required unless --eval_only")
         start = time.perf_counter()
-        model = pretrain_toy_clip(cfg, callback=make_probe() if args.probe else None)
+        model = pretrain_toy_clip(cfg, callback=make_probe(cfg) if args.probe else None)
         result["pretrain_seconds"] = round(time.perf_counter() - start, 1)
         save_toy_clip(model, args.output_dir, cfg)
         result["sha256"] = sha256(os.path.join(args.output_dir, "model.safetensors"))

@@ -7,7 +7,7 @@
 ['red circle', 'blue circle']
 """
 
-from ..model_refs import TOY_CLIP_DIR, TOY_CLIP_NAME
+from ..model_refs import TOY_CLIP_DIR, TOY_CLIP_NAME, TOY_SIGLIP_DIR, TOY_SIGLIP_NAME
 from .captions import HELD_OUT_TEMPLATES
 from .splits import image_seed, toy_example, toy_splits
 from .world import (
@@ -40,12 +40,27 @@ def toy_clip_path() -> str:
     return str(TOY_CLIP_DIR)
 
 
+def toy_siglip_path() -> str:
+    """Directory of the shipped toy SigLIP (sigmoid loss, a word-level toy tokenizer; see `toy/families.py`).
+
+    Adapters trained on it record the portable name `TOY_SIGLIP_NAME` ("peft-vlprompt/toy-siglip")."""
+    return str(TOY_SIGLIP_DIR)
+
+
 def load_toy_clip():
     """Load the shipped toy CLIP. Returns `(CLIPModel, CLIPProcessor)`, the model in eval mode."""
     from transformers import AutoModel, AutoProcessor
 
     model = AutoModel.from_pretrained(toy_clip_path())
     return model.eval(), AutoProcessor.from_pretrained(toy_clip_path())
+
+
+def load_toy_siglip():
+    """Load the shipped toy SigLIP. Returns `(SiglipModel, SiglipProcessor)`, the model in eval mode."""
+    from transformers import AutoModel, AutoProcessor
+
+    model = AutoModel.from_pretrained(toy_siglip_path())
+    return model.eval(), AutoProcessor.from_pretrained(toy_siglip_path())
 
 
 __all__ = [
@@ -60,6 +75,8 @@ __all__ = [
     "TASKS",
     "TOY_CLIP_DIR",
     "TOY_CLIP_NAME",
+    "TOY_SIGLIP_DIR",
+    "TOY_SIGLIP_NAME",
     "ToyTask",
     "classnames",
     "get_task",
@@ -67,9 +84,11 @@ __all__ = [
     "list_domains",
     "list_tasks",
     "load_toy_clip",
+    "load_toy_siglip",
     "render",
     "render_array",
     "toy_clip_path",
+    "toy_siglip_path",
     "toy_example",
     "toy_splits",
 ]

@@ -29,17 +29,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .._atomic import normal_mode
 from .captions import COLOR_TEMPLATES, DOMAIN_TEMPLATES, GENERIC_TEMPLATES
+from .families import CLIP_MEAN, CLIP_STD, FAMILIES, contrastive_loss, sigmoid_loss  # noqa: F401 (re-exported)
 from .world import COLORS, DOMAINS, IMAGE_SIZE, OBJECT_CLASSES, SHAPES, render_array
 
 logger = logging.getLogger(__name__)
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-BOS, EOS = 49406, 49407
 
 
 @dataclass
@@ -47,6 +43,8 @@ class ToyPretrainConfig:
     """Settings of the toy CLIP and of its contrastive pretraining.
 
     Args:
+        family (`str`): `"clip"` (softmax InfoNCE, the CLIP BPE) or `"siglip"` (sigmoid loss, a word-level toy
+            tokenizer); see `families.py`.
         steps (`int`): optimisation steps.
         batch_size (`int`): image-caption pairs per step.
         learning_rate (`float`): peak AdamW learning rate (linear warm-up, cosine decay to 0).
@@ -67,10 +65,11 @@ class ToyPretrainConfig:
         log_every (`int`): steps between loss logs.
     """
 
-    steps: int = field(default=2000, metadata={"help": "Optimisation steps."})
+    family: str = field(default="clip", metadata={"help": "Model family to pretrain: clip or siglip."})
+    steps: int = field(default=2500, metadata={"help": "Optimisation steps."})
     batch_size: int = field(default=128, metadata={"help": "Image-caption pairs per step."})
-    learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate."})
-    warmup_steps: int = field(default=50, metadata={"help": "Linear warm-up steps."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate."})
+    warmup_steps: int = field(default=200, metadata={"help": "Linear warm-up steps."})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay of weight matrices."})
     seed: int = field(default=0, metadata={"help": "Seed of initialisation, images and captions."})
     num_threads: int = field(default=2, metadata={"help": "torch.set_num_threads during training."})
@@ -81,21 +80,26 @@ class ToyPretrainConfig:
         default_factory=lambda: [0.2, 0.3, 0.35, 0.15], metadata={"help": "Sampling weight of each domain."}
     )
     difficulty: list[float] = field(
-        default_factory=lambda: [0.2, 0.8], metadata={"help": "Per-image difficulty is uniform in [min, max]."}
+        default_factory=lambda: [0.0, 0.6], metadata={"help": "Per-image difficulty is uniform in [min, max]."}
     )
-    partial_caption_prob: float = field(default=0.3, metadata={"help": "P(caption names only shape or colour)."})
-    wrong_caption_prob: float = field(default=0.1, metadata={"help": "P(caption names a wrong shape or colour)."})
+    partial_caption_prob: float = field(default=0.1, metadata={"help": "P(caption names only shape or colour)."})
+    wrong_caption_prob: float = field(default=0.02, metadata={"help": "P(caption names a wrong shape or colour)."})
     domain_caption_prob: float = field(default=0.5, metadata={"help": "P(template names the domain)."})
     image_pool_size: int = field(default=16384, metadata={"help": "Images rendered once and reused; 0 = fresh."})
-    text_width: int = field(default=48, metadata={"help": "Text transformer width (token table: 49408 x width)."})
-    text_layers: int = field(default=3, metadata={"help": "Text transformer layers."})
+    text_width: int = field(default=64, metadata={"help": "Text transformer width (token table: 49408 x width)."})
+    text_layers: int = field(default=12, metadata={"help": "Text transformer layers."})
     vision_width: int = field(default=64, metadata={"help": "Vision transformer width."})
-    vision_layers: int = field(default=4, metadata={"help": "Vision transformer layers."})
+    vision_layers: int = field(default=12, metadata={"help": "Vision transformer layers."})
+    head_dim: int = field(
+        default=64, metadata={"help": "Attention head size (OpenAI's CLIP: 64); heads = width / head_dim."}
+    )
     patch_size: int = field(default=8, metadata={"help": "ViT patch size (the image is 32 px)."})
     projection_dim: int = field(default=64, metadata={"help": "Joint embedding size."})
-    log_every: int = field(default=100, metadata={"help": "Steps between loss logs."})
+    log_every: int = field(default=250, metadata={"help": "Steps between loss logs."})
 
     def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"`family` must be one of {sorted(FAMILIES)}, got {self.family!r}")
         for name in (
             "steps",
             "batch_size",
@@ -106,6 +110,7 @@ class ToyPretrainConfig:
             "vision_layers",
             "patch_size",
             "projection_dim",
+            "head_dim",
             "log_every",
         ):
             if getattr(self, name) < 1:
@@ -137,9 +142,9 @@ class ToyPretrainConfig:
             )
         if IMAGE_SIZE % self.patch_size:
             raise ValueError(f"`patch_size` must divide {IMAGE_SIZE}, got {self.patch_size}")
-        if self.text_width % 4 or self.vision_width % 4:
+        if self.text_width % self.head_dim or self.vision_width % self.head_dim:
             raise ValueError(
-                f"`text_width` and `vision_width` must be multiples of 4 (heads), got "
+                f"`text_width` and `vision_width` must be multiples of `head_dim` ({self.head_dim}), got "
                 f"{self.text_width}, {self.vision_width}"
             )
         if len(self.difficulty) != 2 or not 0 <= self.difficulty[0] <= self.difficulty[1] <= 3:
@@ -147,38 +152,15 @@ class ToyPretrainConfig:
 
 
 def toy_clip_config(cfg: ToyPretrainConfig):
-    """The `CLIPConfig` of the toy CLIP: real CLIP vocabulary and special tokens, small widths."""
-    from transformers import CLIPConfig
-
-    return CLIPConfig(
-        text_config=dict(
-            vocab_size=49408,
-            hidden_size=cfg.text_width,
-            intermediate_size=4 * cfg.text_width,
-            num_hidden_layers=cfg.text_layers,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            eos_token_id=EOS,
-            bos_token_id=BOS,
-            pad_token_id=EOS,
-        ),
-        vision_config=dict(
-            image_size=IMAGE_SIZE,
-            patch_size=cfg.patch_size,
-            hidden_size=cfg.vision_width,
-            intermediate_size=4 * cfg.vision_width,
-            num_hidden_layers=cfg.vision_layers,
-            num_attention_heads=4,
-        ),
-        projection_dim=cfg.projection_dim,
-    )
+    """The model config of the toy model of `cfg.family`: small widths, 64-dim heads (see `families.py`)."""
+    return FAMILIES[cfg.family].config(cfg)
 
 
-def normalize_images(images: np.ndarray) -> torch.Tensor:
-    """uint8 `(B, H, W, 3)` -> CLIP-normalised float `(B, 3, H, W)`; equals `CLIPImageProcessor` at 32 px."""
+def normalize_images(images: np.ndarray, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+    """uint8 `(B, H, W, 3)` -> normalised float `(B, 3, H, W)`; equals the family's image processor at 32 px."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(mean).view(1, 3, 1, 1)
+    std = torch.tensor(std).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
@@ -203,34 +185,16 @@ def sample_caption(rng: np.random.Generator, class_id: int, domain: str, cfg: To
 
 
 class _Tokens:
-    """Caches token ids of the (few hundred distinct) captions; pads a batch to its longest caption."""
+    """Caches token ids of the (few hundred distinct) captions; batches them as the family's text tower expects."""
 
-    def __init__(self):
-        from transformers import CLIPTokenizer
-
-        from ..assets import clip_tokenizer_path
-
-        self.tokenizer = CLIPTokenizer.from_pretrained(clip_tokenizer_path())
+    def __init__(self, family):
+        self.family = family
+        self.tokenizer = family.tokenizer()
         self.cache: dict[str, list[int]] = {}
 
-    def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, captions: list[str]) -> dict[str, torch.Tensor]:
         ids = [self.cache.setdefault(t, self.tokenizer(t)["input_ids"]) for t in captions]
-        n = max(len(i) for i in ids)
-        input_ids = torch.full((len(ids), n), EOS, dtype=torch.long)
-        mask = torch.zeros((len(ids), n), dtype=torch.long)
-        for row, i in enumerate(ids):
-            input_ids[row, : len(i)] = torch.tensor(i)
-            mask[row, : len(i)] = 1
-        return input_ids, mask
-
-
-def contrastive_loss(logits_per_image: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE with soft targets: pair (i, j) is positive iff `keys[i] == keys[j]`."""
-    pos = (keys[:, None] == keys[None, :]).float()
-    target = pos / pos.sum(1, keepdim=True)  # symmetric, so the same targets serve both directions
-    i2t = -(target * F.log_softmax(logits_per_image, dim=1)).sum(1).mean()
-    t2i = -(target * F.log_softmax(logits_per_image.t(), dim=1)).sum(1).mean()
-    return 0.5 * (i2t + t2i)
+        return self.family.text_inputs(ids)
 
 
 def _optimizer(model, cfg: ToyPretrainConfig):
@@ -274,9 +238,8 @@ def pretrain_toy_clip(cfg: ToyPretrainConfig | None = None, callback: Callable |
     `callback(step, model)`, if given, runs every `cfg.log_every` steps (e.g. a zero-shot probe); it must leave
     the model's weights and the global RNGs alone, or the run is no longer reproducible.
     """
-    from transformers import CLIPModel
-
     cfg = cfg or ToyPretrainConfig()
+    family = FAMILIES[cfg.family]
     prev_threads, prev_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     prev_fill = torch.utils.deterministic.fill_uninitialized_memory
     torch.set_num_threads(cfg.num_threads)
@@ -286,10 +249,10 @@ def pretrain_toy_clip(cfg: ToyPretrainConfig | None = None, callback: Callable |
     torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         torch.manual_seed(cfg.seed)
-        model = CLIPModel(toy_clip_config(cfg))
+        model = family.model(cfg)
         model.train()
         opt, sched = _optimizer(model, cfg)
-        tokens = _Tokens()
+        tokens = _Tokens(family)
         key_ids: dict[str, int] = {}
         pool = None
         if cfg.image_pool_size:
@@ -302,17 +265,16 @@ def pretrain_toy_clip(cfg: ToyPretrainConfig | None = None, callback: Callable |
             rng = np.random.default_rng([cfg.seed, 2, step])
             images, classes, domains = _batch_images(cfg, rng, pool)
             captions, keys = zip(*(sample_caption(rng, k, d, cfg) for k, d in zip(classes, domains)))
-            input_ids, attention_mask = tokens(list(captions))
+            text = tokens(list(captions))
             keys = torch.tensor([key_ids.setdefault(k, len(key_ids)) for k in keys])
-            out = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=normalize_images(images))
-            loss = contrastive_loss(out.logits_per_image, keys)
+            pixels = normalize_images(images, family.image_mean, family.image_std)
+            loss = family.loss(model(**text, pixel_values=pixels).logits_per_image, keys)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            with torch.no_grad():  # as CLIP: the temperature may not go below 1/100
-                model.logit_scale.clamp_(0, math.log(100))
+            family.after_step(model)
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
                 logger.info(
                     "step %d/%d loss %.4f logit_scale %.2f (%.1fs)",
@@ -333,29 +295,22 @@ def pretrain_toy_clip(cfg: ToyPretrainConfig | None = None, callback: Callable |
 
 
 def save_toy_clip(model, output_dir: str, cfg: ToyPretrainConfig | None = None) -> None:
-    """Write the model directory (config, fp32 safetensors, tokenizer, image processor), each file atomically."""
-    from transformers import CLIPImageProcessor, CLIPTokenizer
+    """Write the model directory (config, weights, tokenizer, processor), each file atomically.
 
-    from ..assets import clip_tokenizer_path
+    Weight matrices are stored in float16 (half the size; the shipped model is these rounded weights), scalars such
+    as the logit scale in float32; `config.json` says float32, so `from_pretrained` loads every tensor as float32.
+    """
+    from safetensors.torch import load_file, save_file
 
+    family = FAMILIES[cfg.family if cfg is not None else "clip"]
     os.makedirs(output_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=output_dir, prefix=".tmp-")
     try:
         model.save_pretrained(tmp, safe_serialization=True)
-        size = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-        CLIPImageProcessor(
-            size={"shortest_edge": IMAGE_SIZE}, crop_size=size, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)
-        ).save_pretrained(tmp)
-        CLIPTokenizer.from_pretrained(clip_tokenizer_path(), model_max_length=77).save_pretrained(tmp)
-        # ship the BPE files (1.5 MB), not the 3.6 MB tokenizer.json built from them
-        os.remove(os.path.join(tmp, "tokenizer.json"))
-        for name in ("vocab.json", "merges.txt"):
-            shutil.copyfile(os.path.join(clip_tokenizer_path(), name), os.path.join(tmp, name))
-        tok_cfg_path = os.path.join(tmp, "tokenizer_config.json")
-        with open(tok_cfg_path) as f:
-            tok_cfg = {k: v for k, v in json.load(f).items() if k not in ("is_local", "local_files_only")}
-        with open(tok_cfg_path, "w") as f:
-            json.dump(tok_cfg, f, indent=2, sort_keys=True)
+        weights = os.path.join(tmp, "model.safetensors")
+        tensors = {k: (v.half() if v.numel() > 1 else v) for k, v in load_file(weights).items()}
+        save_file(tensors, weights, metadata={"format": "pt"})
+        family.save_processor(tmp)
         if cfg is not None:
             with open(os.path.join(tmp, "toy_pretrain_config.json"), "w") as f:
                 json.dump(asdict(cfg), f, indent=2)

@@ -1,6 +1,8 @@
-"""Zero-shot evaluation of a CLIP on toy splits (self-contained: used to measure and pin the toy CLIP)."""
+"""Zero-shot evaluation of a dual encoder on toy splits (self-contained: used to measure and pin the toy models)."""
 
 import torch
+
+from ..backbones import backbone_for
 
 
 @torch.no_grad()
@@ -15,8 +17,9 @@ def zero_shot_accuracy(
     """Top-1 accuracy (in %) of `argmax_c cos(image, text(template.format(c)))` on `dataset`.
 
     Args:
-        model: a `CLIPModel`.
-        processor: its `CLIPProcessor` (tokenizer + image processor), as a user would call it.
+        model: a supported dual encoder (e.g. a `CLIPModel`, the toy SigLIP).
+        processor: its processor (tokenizer + image processor), as a user would call it; text is padded as the
+            family was trained (to the longest prompt for CLIP, to the full length for SigLIP).
         dataset: a `datasets.Dataset` with `image` and `label` columns (e.g. a split of `toy_splits`).
         classnames (`list[str]`, *optional*): defaults to the `label` feature's names.
         template (`str`): prompt with `{}` for the class name.
@@ -24,7 +27,8 @@ def zero_shot_accuracy(
     """
     classnames = classnames or dataset.features["label"].names
     model.eval()
-    text = processor.tokenizer([template.format(c) for c in classnames], padding=True, return_tensors="pt")
+    padding = "max_length" if backbone_for(model).text_padding == "max_length" else True
+    text = processor.tokenizer([template.format(c) for c in classnames], padding=padding, return_tensors="pt")
     text_features = model.get_text_features(**text)
     text_features = getattr(text_features, "pooler_output", text_features)
     text_features = text_features / text_features.norm(dim=-1, keepdim=True)

@@ -1,0 +1,83 @@
+"""The toy SigLIP's pretraining parts: the sigmoid loss against a hand-written reference, the word-level tokenizer,
+bit-identical reruns and the saved folder loading through AutoModel/AutoProcessor (tiny configs; the shipped model
+is pinned in `test_toy_siglip_shipped.py`).
+
+Run: python -m pytest tests/test_toy_siglip.py -x -q
+"""
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel, AutoProcessor, SiglipModel
+
+from peft_vlprompt.toy.families import SIGLIP_TEXT_LENGTH, sigmoid_loss, toy_vocabulary
+from peft_vlprompt.toy.pretrain import ToyPretrainConfig, normalize_images, pretrain_toy_clip, save_toy_clip
+
+
+def _reference_sigmoid_loss(logits, keys):
+    # SigLIP (arXiv:2303.15343, Algorithm 1) with "same caption key" as the positive pairs, element by element
+    n = len(keys)
+    total = 0.0
+    for i in range(n):
+        for j in range(n):
+            z = 1.0 if keys[i] == keys[j] else -1.0
+            total += math.log(1.0 + math.exp(-z * logits[i][j]))
+    return total / n
+
+
+def test_sigmoid_loss_matches_reference():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 6, generator=gen, dtype=torch.float64) * 3 - 2
+    keys = [0, 1, 0, 2, 1, 3]
+    got = sigmoid_loss(logits, torch.tensor(keys)).item()
+    assert got == pytest.approx(_reference_sigmoid_loss(logits.tolist(), keys), rel=1e-10)
+
+
+def test_vocabulary_covers_the_world_and_the_templates():
+    vocab = set(toy_vocabulary())
+    for word in ("a", "photo", "of", "red", "circle", "night", "sketch", "x", ".", "itap"):
+        assert word in vocab, word
+
+
+def _tiny_cfg(**kw):
+    base = dict(family="siglip", steps=3, batch_size=12, text_layers=1, vision_layers=1, text_width=16,
+                vision_width=16, head_dim=8, patch_size=8, projection_dim=16, warmup_steps=1, log_every=1,
+                image_pool_size=24, num_threads=1)  # fmt: skip
+    return ToyPretrainConfig(**{**base, **kw})
+
+
+def test_pretraining_is_bit_reproducible_and_trains():
+    a = pretrain_toy_clip(_tiny_cfg()).state_dict()
+    b = pretrain_toy_clip(_tiny_cfg()).state_dict()
+    c = pretrain_toy_clip(_tiny_cfg(seed=1)).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    # SigLIP's initialisation (log 10, -10), then moved by the sigmoid loss
+    assert a["logit_scale"].item() != pytest.approx(math.log(10), abs=1e-6)
+    assert a["logit_bias"].item() == pytest.approx(-10, abs=0.1)
+
+
+def test_saved_folder_loads_through_the_auto_classes(tmp_path):
+    model = pretrain_toy_clip(_tiny_cfg(steps=1))
+    save_toy_clip(model, str(tmp_path), _tiny_cfg(steps=1))
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+    loaded = AutoModel.from_pretrained(str(tmp_path))
+    processor = AutoProcessor.from_pretrained(str(tmp_path))
+    assert isinstance(loaded, SiglipModel)
+    ref = model.state_dict()
+    for k, v in loaded.state_dict().items():
+        assert v.dtype == torch.float32
+        assert torch.equal(ref[k] if ref[k].numel() == 1 else ref[k].half().float(), v), k
+    # no start token, "</s>" appended and used as padding, ids only (SigLIP runs its text without a mask)
+    words = ["<unk>", "</s>", *toy_vocabulary()]
+    text = processor.tokenizer(["A photo of a X."], padding="max_length", return_tensors="pt")
+    assert list(text) == ["input_ids"]
+    expected = [words.index(w) for w in ("a", "photo", "of", "a", "x", ".", "</s>")]
+    assert text["input_ids"][0].tolist() == expected + [1] * (SIGLIP_TEXT_LENGTH - len(expected))
+    # the processor normalises images as the pretraining loop did (mean = std = 0.5)
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    pixels = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(pixels, normalize_images(image[None], (0.5,) * 3, (0.5,) * 3), atol=1e-5, rtol=0)
