@@ -191,7 +191,10 @@ def test_paths_and_required_flags_are_checked_before_loading(tmp_path, nothing_l
         main(["--model", "/nonexistent/clip", "--output_dir", str(tmp_path / "out")])
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.json").write_text("{}")
-    with pytest.raises(ValueError, match=rf"`model` folder {tmp_path / 'half'} has no preprocessor_config.json"):
+    with pytest.raises(
+        ValueError,
+        match=rf"`model` folder {tmp_path / 'half'} has no preprocessor_config.json or processor_config.json",
+    ):
         main(["--model", str(tmp_path / "half"), "--output_dir", str(tmp_path / "out")])
     with pytest.raises(ValueError, match=r"`model` 'not a/valid id!' is neither a local folder nor a Hub id"):
         main(["--model", "not a/valid id!", "--output_dir", str(tmp_path / "out")])

@@ -116,10 +116,12 @@ def check_model_reference(model: str | None) -> None:
         if not path.is_dir():
             raise ValueError(f"`model` folder {path} does not exist (give a local CLIP folder saved with "
                              "`save_pretrained`, or a Hub id such as openai/clip-vit-base-patch16)")  # fmt: skip
-        for name in ("config.json", "preprocessor_config.json"):
-            if not (path / name).is_file():
-                raise ValueError(f"`model` folder {path} has no {name}: save the model and its processor there with "
-                                 "the model's and its processor's `save_pretrained`")  # fmt: skip
+        # transformers 5 writes a processor's image settings into processor_config.json, older versions into
+        # preprocessor_config.json: either holds the image processor `AutoImageProcessor` needs
+        for names in (("config.json",), ("preprocessor_config.json", "processor_config.json")):
+            if not any((path / name).is_file() for name in names):
+                raise ValueError(f"`model` folder {path} has no {' or '.join(names)}: save the model and its processor "
+                                 "there with the model's and its processor's `save_pretrained`")  # fmt: skip
     elif not _HUB_ID.match(resolved):
         raise ValueError(f"`model` {model!r} is neither a local folder nor a Hub id (owner/name, e.g. "
                          "openai/clip-vit-base-patch16)")  # fmt: skip
