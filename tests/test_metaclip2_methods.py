@@ -464,3 +464,28 @@ def test_zero_shot_pipeline_matches_prompt_classifier(method):
         stock = pipeline("zero-shot-image-classification", model=model, tokenizer=tok(), image_processor=processor())
         out = stock(images(), candidate_labels=CLASSNAMES, hypothesis_template=hypothesis_template(model, TEMPLATE))
         torch.testing.assert_close(scores(out), probs, atol=1e-5, rtol=1e-5)
+
+
+# ---- the training command line on a MetaCLIP 2 folder (the checkpoint's own tokenizer, `ctx_init` and DPL's ensemble)
+def test_train_command_line_runs_maple_and_dpl_ensemble_on_a_metaclip2_folder(tmp_path):
+    from peft_vlprompt.training import main
+    from tests.test_training_fixtures import CLASSNAMES as SHAPES
+    from tests.test_training_fixtures import register_tiny_dataset
+
+    words = WORDS + [w for name in SHAPES for w in name.split("_")]
+    tokenizer = xlmv_like_tokenizer(words)
+    folder = tmp_path / "metaclip2"
+    tiny_metaclip2(vocab=len(tokenizer.get_vocab())).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    processor().save_pretrained(folder)
+    found = DeepPromptConfig(mode="prefix", text_lengths=[1, 2], vision_lengths=[2, 0], text_input="ensemble")
+    found.save_pretrained(tmp_path / "found")
+    common = ["--dataset", register_tiny_dataset(), "--model", str(folder), "--shots", "2", "--num_epochs", "1",
+              "--batch_size", "2", "--eval_batch_size", "16", "--no_eval_zero_shot", "--protocol", "base2new"]  # fmt: skip
+    for method, extra in (("maple", []), ("dpl", ["--config", str(tmp_path / "found" / "adapter_config.json")])):
+        results = main(["--method", method, "--output_dir", str(tmp_path / method), *common, *extra])
+        assert all(0 <= results[k] <= 100 for k in ("base_accuracy", "new_accuracy")), results
+        config = PeftConfig.from_pretrained(tmp_path / method / "adapter")
+        assert config.token_ids_from == "tokenizer"  # the checkpoint's tokenizer gave the ids, not CLIP's BPE
+    maple = PeftConfig.from_pretrained(tmp_path / "maple" / "adapter")
+    assert maple.ctx_init_token_ids == tokenizer(maple.ctx_init, add_special_tokens=False)["input_ids"]
