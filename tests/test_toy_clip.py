@@ -13,9 +13,10 @@ import torch
 from safetensors import safe_open
 from transformers import CLIPModel, CLIPProcessor, pipeline
 
-from peft_vlprompt.toy import load_toy_clip, toy_clip_path, toy_splits
+from peft_vlprompt.toy import COLORS, OBJECT_CLASSES, SHAPES, load_toy_clip, toy_clip_path, toy_splits
 from peft_vlprompt.toy.pretrain import (
     ToyPretrainConfig,
+    caption_positives,
     contrastive_loss,
     normalize_images,
     pretrain_toy_clip,
@@ -107,31 +108,49 @@ def test_zero_shot_accuracy_is_pinned(toy):
     assert acc > 3 * 100 / len(names)  # far above chance (2.1%)
 
 
-def _reference_loss(logits, keys):
-    # symmetric soft-target InfoNCE written out element by element
-    n = len(keys)
+def _reference_loss(logits, positives):
+    # symmetric soft-target InfoNCE written out element by element: rows (image -> captions) and columns
+    # (caption -> images), each spreading its target evenly over its positives
+    n = len(positives)
     total = 0.0
-    for mat in (logits, [list(col) for col in zip(*logits)]):
-        for i in range(n):
-            pos = [j for j in range(n) if keys[j] == keys[i]]
-            lse = math.log(sum(math.exp(mat[i][j]) for j in range(n)))
-            total += sum(-(mat[i][j] - lse) / len(pos) for j in pos) / n
-    return total / 2
+    for i in range(n):
+        lse = math.log(sum(math.exp(logits[i][j]) for j in range(n)))
+        pos = [j for j in range(n) if positives[i][j]]
+        total += sum(-(logits[i][j] - lse) / len(pos) for j in pos) / n / 2
+    for j in range(n):
+        lse = math.log(sum(math.exp(logits[i][j]) for i in range(n)))
+        pos = [i for i in range(n) if positives[i][j]]
+        total += sum(-(logits[i][j] - lse) / len(pos) for i in pos) / n / 2
+    return total
 
 
 def test_contrastive_loss_matches_reference():
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 6, generator=gen, dtype=torch.float64) * 3
-    keys = [0, 1, 0, 2, 1, 3]
-    got = contrastive_loss(logits, torch.tensor(keys)).item()
-    assert got == pytest.approx(_reference_loss(logits.tolist(), keys), rel=1e-10)
-    # all keys distinct -> plain CLIP loss
-    keys = list(range(6))
+    positives = torch.eye(6, dtype=torch.bool)
+    positives[0, 2] = positives[3, 1] = positives[3, 5] = True  # not symmetric: rows and columns differ
+    got = contrastive_loss(logits, positives).item()
+    assert got == pytest.approx(_reference_loss(logits.tolist(), positives.tolist()), rel=1e-10)
+    # only the pairs -> plain CLIP loss
     plain = 0.5 * (
         torch.nn.functional.cross_entropy(logits, torch.arange(6))
         + torch.nn.functional.cross_entropy(logits.T, torch.arange(6))
     )
-    assert contrastive_loss(logits, torch.tensor(keys)).item() == pytest.approx(plain.item(), rel=1e-10)
+    assert contrastive_loss(logits, torch.eye(6, dtype=torch.bool)).item() == pytest.approx(plain.item(), rel=1e-10)
+
+
+def test_an_image_s_positives_are_its_caption_and_every_true_description():
+    names = [f"{COLORS[c]} {SHAPES[s]}" for s, c in OBJECT_CLASSES]
+    red_circle, blue_circle, red_star = names.index("red circle"), names.index("blue circle"), names.index("red star")
+    classes = [red_circle, blue_circle, red_star, red_circle]
+    keys = ["full:red circle", "shape:circle", "color:red", "full:blue star"]  # the last one is a wrong caption
+    expected = [
+        [1, 1, 1, 0],  # red circle: "red circle", "circle", "red"; not "blue star"
+        [0, 1, 0, 0],  # blue circle: "circle" only
+        [0, 0, 1, 0],  # red star: "red"
+        [1, 1, 1, 1],  # red circle with a wrong caption: its own pair stays a positive (noisy alt-text)
+    ]
+    assert caption_positives(classes, keys).int().tolist() == expected
 
 
 def test_captions_name_the_class_or_a_part_of_it():

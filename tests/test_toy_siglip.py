@@ -17,13 +17,13 @@ from peft_vlprompt.toy.families import SIGLIP_TEXT_LENGTH, sigmoid_loss, toy_voc
 from peft_vlprompt.toy.pretrain import ToyPretrainConfig, normalize_images, pretrain_toy_clip, save_toy_clip
 
 
-def _reference_sigmoid_loss(logits, keys):
-    # SigLIP (arXiv:2303.15343, Algorithm 1) with "same caption key" as the positive pairs, element by element
-    n = len(keys)
+def _reference_sigmoid_loss(logits, positives):
+    # SigLIP (arXiv:2303.15343, Algorithm 1) with the given positive pairs, element by element
+    n = len(positives)
     total = 0.0
     for i in range(n):
         for j in range(n):
-            z = 1.0 if keys[i] == keys[j] else -1.0
+            z = 1.0 if positives[i][j] else -1.0
             total += math.log(1.0 + math.exp(-z * logits[i][j]))
     return total / n
 
@@ -31,9 +31,10 @@ def _reference_sigmoid_loss(logits, keys):
 def test_sigmoid_loss_matches_reference():
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 6, generator=gen, dtype=torch.float64) * 3 - 2
-    keys = [0, 1, 0, 2, 1, 3]
-    got = sigmoid_loss(logits, torch.tensor(keys)).item()
-    assert got == pytest.approx(_reference_sigmoid_loss(logits.tolist(), keys), rel=1e-10)
+    positives = torch.eye(6, dtype=torch.bool)
+    positives[0, 2] = positives[3, 1] = True
+    got = sigmoid_loss(logits, positives).item()
+    assert got == pytest.approx(_reference_sigmoid_loss(logits.tolist(), positives.tolist()), rel=1e-10)
 
 
 def test_vocabulary_covers_the_world_and_the_templates():

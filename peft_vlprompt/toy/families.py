@@ -8,8 +8,8 @@ one place outside `backbones/` allowed to know model classes).
 * SigLIP: a word-level tokenizer over the toy world's vocabulary (SigLIP's sentencepiece model cannot be downloaded
   here; like it, it adds no start token and appends `</s>`, which also pads), text padded to the full length without
   a mask (as SigLIP is trained), mean/std 0.5, and the sigmoid loss of SigLIP (arXiv:2303.15343) with its
-  initialisation (logit scale log 10, bias -10): every pair is a binary problem, positive iff the captions name the
-  same thing.
+  initialisation (logit scale log 10, bias -10): every pair is a binary problem, positive iff the caption is the
+  image's own or describes it.
 """
 
 import json
@@ -27,22 +27,22 @@ from .world import IMAGE_SIZE
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BOS, EOS = 49406, 49407  # CLIP BPE
-SIGLIP_TEXT_LENGTH = 32  # toy SigLIP's max_position_embeddings: 16 context tokens + class name + "." + "</s>" fit
+SIGLIP_TEXT_LENGTH = 24  # toy SigLIP's max_position_embeddings: 16 context tokens + class name + "." + "</s>" fit
 
 
-def contrastive_loss(logits_per_image: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE with soft targets: pair (i, j) is positive iff `keys[i] == keys[j]`."""
-    pos = (keys[:, None] == keys[None, :]).float()
-    target = pos / pos.sum(1, keepdim=True)  # symmetric, so the same targets serve both directions
-    i2t = -(target * F.log_softmax(logits_per_image, dim=1)).sum(1).mean()
-    t2i = -(target * F.log_softmax(logits_per_image.t(), dim=1)).sum(1).mean()
+def contrastive_loss(logits_per_image: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE with soft targets: `positives[i, j]` (bool, images x captions, every row and column with a
+    positive) marks the captions image i should match; each direction spreads its target over its positives."""
+    pos = positives.to(logits_per_image.dtype)
+    i2t = -(pos / pos.sum(1, keepdim=True) * F.log_softmax(logits_per_image, dim=1)).sum(1).mean()
+    t2i = -(pos / pos.sum(0, keepdim=True) * F.log_softmax(logits_per_image, dim=0)).sum(0).mean()
     return 0.5 * (i2t + t2i)
 
 
-def sigmoid_loss(logits_per_image: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """SigLIP's loss: -sum_ij log sigmoid(z_ij * logit_ij) / batch, z_ij = +1 iff `keys[i] == keys[j]`, else -1."""
-    z = 2.0 * (keys[:, None] == keys[None, :]).float() - 1.0
-    return -F.logsigmoid(z * logits_per_image).sum() / len(keys)
+def sigmoid_loss(logits_per_image: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """SigLIP's loss: -sum_ij log sigmoid(z_ij * logit_ij) / batch, z_ij = +1 where `positives[i, j]`, else -1."""
+    z = 2.0 * positives.to(logits_per_image.dtype) - 1.0
+    return -F.logsigmoid(z * logits_per_image).sum() / len(positives)
 
 
 def toy_vocabulary() -> list[str]:
@@ -94,7 +94,7 @@ class ToyFamily:
     def text_inputs(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def loss(self, logits_per_image: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits_per_image: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def after_step(self, model) -> None:
@@ -153,8 +153,8 @@ class ToyClip(ToyFamily):
             mask[row, : len(i)] = 1
         return {"input_ids": input_ids, "attention_mask": mask}
 
-    def loss(self, logits_per_image, keys):
-        return contrastive_loss(logits_per_image, keys)
+    def loss(self, logits_per_image, positives):
+        return contrastive_loss(logits_per_image, positives)
 
     def after_step(self, model):
         with torch.no_grad():  # as CLIP: the temperature may not go below 1/100
@@ -243,8 +243,8 @@ class ToySiglip(ToyFamily):
             input_ids[row, : len(i)] = torch.tensor(i)
         return {"input_ids": input_ids}
 
-    def loss(self, logits_per_image, keys):
-        return sigmoid_loss(logits_per_image, keys)
+    def loss(self, logits_per_image, positives):
+        return sigmoid_loss(logits_per_image, positives)
 
     def save_processor(self, directory):
         from transformers import SiglipImageProcessor, SiglipProcessor

@@ -1,16 +1,17 @@
-"""Contrastive pretraining of the toy CLIP on the toy world (deterministic, CPU, minutes).
+"""Contrastive pretraining of the toy CLIP (or toy SigLIP) on the toy world (deterministic, CPU, minutes).
 
 A small `transformers.CLIPModel` (real CLIP vocabulary, so the shipped BPE tokenizer and every method work
-unchanged) learns from images of the toy world paired with noisy captions:
+unchanged; or a `SiglipModel`, see `families.py`) learns from images of the toy world paired with noisy captions:
 
 * images: object classes uniform, domains drawn with `domain_weights` (by default `night` is never seen and
   `photo` only sometimes), rendered at `difficulty` (by default cleaner than the downstream default of 1.0);
 * captions: a template (generic or naming the domain, see `captions.py`) filled with the class name, or with
   only the shape or only the colour (`partial_caption_prob`), or with a wrong shape/colour
   (`wrong_caption_prob`), like alt-text;
-* loss: symmetric InfoNCE with a learnable logit scale, where all pairs whose captions name the same thing
-  ("red circle", "circle", colour "red") are positives (soft targets), so repeated classes in a batch are not
-  pushed apart.
+* loss: symmetric InfoNCE with a learnable logit scale (SigLIP: the sigmoid loss) where an image's positives are
+  its own caption (right or wrong, as alt-text) and every caption in the batch that truthfully describes it ("red
+  circle", "circle" or "red" for a red circle; soft targets), so repeated classes in a batch are not pushed apart
+  and the task has a consistent answer, which lets the temperature sharpen as CLIP's does.
 
 Everything is seeded (`torch.manual_seed`, one `numpy` generator per step) and runs with
 `torch.use_deterministic_algorithms(True)` and a fixed thread count, so the same config gives bit-identical
@@ -50,6 +51,8 @@ class ToyPretrainConfig:
         learning_rate (`float`): peak AdamW learning rate (linear warm-up, cosine decay to 0).
         warmup_steps (`int`): linear warm-up steps.
         weight_decay (`float`): AdamW decay of matrices (not of embeddings, biases, norms, logit scale).
+        temperature_lr_multiplier (`float`): the logit scale (and SigLIP's logit bias) learn this many times faster,
+            so that they can reach their optimum (for CLIP: near the cap of 100) within a few thousand steps.
         seed (`int`): seeds the initialisation, the images and the captions.
         num_threads (`int`): `torch.set_num_threads` during training (part of bit-for-bit reproducibility).
         domains (`list[str]`): pretraining domains; `domain_weights` gives their sampling weights.
@@ -66,13 +69,16 @@ class ToyPretrainConfig:
     """
 
     family: str = field(default="clip", metadata={"help": "Model family to pretrain: clip or siglip."})
-    steps: int = field(default=2500, metadata={"help": "Optimisation steps."})
-    batch_size: int = field(default=128, metadata={"help": "Image-caption pairs per step."})
+    steps: int = field(default=3000, metadata={"help": "Optimisation steps."})
+    batch_size: int = field(default=64, metadata={"help": "Image-caption pairs per step."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate."})
     warmup_steps: int = field(default=200, metadata={"help": "Linear warm-up steps."})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay of weight matrices."})
+    temperature_lr_multiplier: float = field(
+        default=10.0, metadata={"help": "Learning rate of the logit scale (and SigLIP's bias) / learning_rate."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of initialisation, images and captions."})
-    num_threads: int = field(default=2, metadata={"help": "torch.set_num_threads during training."})
+    num_threads: int = field(default=1, metadata={"help": "torch.set_num_threads during training."})
     domains: list[str] = field(
         default_factory=lambda: ["photo", "sketch", "cartoon", "painting"], metadata={"help": "Pretraining domains."}
     )
@@ -119,8 +125,11 @@ class ToyPretrainConfig:
             raise ValueError(
                 f"`warmup_steps` and `image_pool_size` must be >= 0, got {self.warmup_steps}, {self.image_pool_size}"
             )
-        if self.learning_rate <= 0:
-            raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate}")
+        if self.learning_rate <= 0 or self.temperature_lr_multiplier <= 0:
+            raise ValueError(
+                "`learning_rate` and `temperature_lr_multiplier` must be > 0, got "
+                f"{self.learning_rate}, {self.temperature_lr_multiplier}"
+            )
         for name in ("partial_caption_prob", "wrong_caption_prob", "domain_caption_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)}")
@@ -184,6 +193,20 @@ def sample_caption(rng: np.random.Generator, class_id: int, domain: str, cfg: To
     return templates[int(rng.integers(len(templates)))].format(phrase), f"{kind}:{phrase}"
 
 
+def describes(key: str, class_id: int) -> bool:
+    """Whether a caption with `key` (`"full:red circle"`, `"shape:circle"`, `"color:red"`) is true of the class."""
+    kind, phrase = key.split(":")
+    shape, color = SHAPES[OBJECT_CLASSES[class_id][0]], COLORS[OBJECT_CLASSES[class_id][1]]
+    return phrase == {"full": f"{color} {shape}", "shape": shape, "color": color}[kind]
+
+
+def caption_positives(classes: list[int], keys: list[str]) -> torch.Tensor:
+    """(images, captions) bool: image i's own caption, and every caption that describes image i's class."""
+    n = len(classes)
+    pos = torch.tensor([[i == j or describes(keys[j], classes[i]) for j in range(n)] for i in range(n)])
+    return pos
+
+
 class _Tokens:
     """Caches token ids of the (few hundred distinct) captions; batches them as the family's text tower expects."""
 
@@ -198,12 +221,21 @@ class _Tokens:
 
 
 def _optimizer(model, cfg: ToyPretrainConfig):
-    decay, no_decay = [], []
+    decay, no_decay, temperature = [], [], []
     for name, p in model.named_parameters():
-        # embeddings keep their init where never trained (unused vocabulary rows must not decay to 0)
-        (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.98), eps=1e-6)
+        if name in ("logit_scale", "logit_bias"):
+            temperature.append(p)
+        else:  # embeddings keep their init where never trained (unused vocabulary rows must not decay to 0)
+            (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
+    lr = cfg.learning_rate
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay, "lr": lr},
+        {"params": no_decay, "weight_decay": 0.0, "lr": lr},
+        # Adam moves a parameter by about lr per step: at the base rate a few thousand steps could not carry the
+        # log-scale from log(1/0.07) to CLIP's cap log(100) (CLIP itself trains for ~400k steps)
+        {"params": temperature, "weight_decay": 0.0, "lr": lr * cfg.temperature_lr_multiplier},
+    ]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
 
     def schedule(step):
         if step < cfg.warmup_steps:
@@ -253,7 +285,6 @@ def pretrain_toy_clip(cfg: ToyPretrainConfig | None = None, callback: Callable |
         model.train()
         opt, sched = _optimizer(model, cfg)
         tokens = _Tokens(family)
-        key_ids: dict[str, int] = {}
         pool = None
         if cfg.image_pool_size:
             t0 = time.perf_counter()
@@ -265,10 +296,10 @@ def pretrain_toy_clip(cfg: ToyPretrainConfig | None = None, callback: Callable |
             rng = np.random.default_rng([cfg.seed, 2, step])
             images, classes, domains = _batch_images(cfg, rng, pool)
             captions, keys = zip(*(sample_caption(rng, k, d, cfg) for k, d in zip(classes, domains)))
+            positives = caption_positives(classes, keys)
             text = tokens(list(captions))
-            keys = torch.tensor([key_ids.setdefault(k, len(key_ids)) for k in keys])
             pixels = normalize_images(images, family.image_mean, family.image_std)
-            loss = family.loss(model(**text, pixel_values=pixels).logits_per_image, keys)
+            loss = family.loss(model(**text, pixel_values=pixels).logits_per_image, positives)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
