@@ -12,6 +12,7 @@ from peft import PeftConfig, PeftModel, get_peft_model
 
 from peft_vlprompt import DeepPromptConfig, PromptClassifier
 from peft_vlprompt.data.templates import IMAGENET_TEMPLATES_60
+from peft_vlprompt.hub import load_prompts
 from peft_vlprompt.tuners.dpl.ensemble import EnsembleTextEmbedding, template_parts
 from tests import reference_clip as ref
 from tests.reference_text import text_feature
@@ -87,9 +88,13 @@ def test_a_family_without_a_shipped_tokenizer_needs_tokenize_with(tmp_path):
     loaded = PeftModel.from_pretrained(
         tiny_metaclip2(vocab=vocab), tmp_path, config=PeftConfig.from_pretrained(tmp_path).tokenize_with(tok)
     )
+    with pytest.raises(ValueError, match="ships none"):
+        load_prompts(tiny_metaclip2(vocab=vocab), tmp_path)
+    pulled = load_prompts(tiny_metaclip2(vocab=vocab), tmp_path, tokenizer=tok)
     with torch.no_grad():
         before = PromptClassifier(model, tok, NAMES).eval()(pixels())
         assert torch.equal(before, PromptClassifier(loaded, tok, NAMES).eval()(pixels()))
+        assert torch.equal(before, PromptClassifier(pulled, tok, NAMES).eval()(pixels()))
 
 
 def test_the_tokenizer_is_not_saved_with_the_config(tmp_path):

@@ -28,6 +28,7 @@ def load_prompts(
     *,
     adapter_name: str = "default",
     is_trainable: bool = False,
+    tokenizer=None,
     **hub_kwargs,
 ) -> PeftModel:
     """Load a peft_vlprompt adapter onto a CLIP model.
@@ -37,6 +38,8 @@ def load_prompts(
         repo_or_dir: Hub repository id or local folder holding `adapter_config.json` + `adapter_model.safetensors`.
         adapter_name: name to give the adapter.
         is_trainable: keep the prompts trainable (to continue training); otherwise the model is put in eval mode.
+        tokenizer: the model's tokenizer, for a family that ships none (SigLIP, MetaCLIP 2) when the adapter
+            tokenizes text at injection (DPL's template ensemble); passed to `config.tokenize_with`.
         **hub_kwargs: `revision`, `subfolder`, `token`, `cache_dir`, `local_files_only`.
 
     Raises:
@@ -58,6 +61,10 @@ def load_prompts(
             "to this installation; upgrade peft_vlprompt or load it with peft directly"
         )
     config = config_cls.from_pretrained(repo_or_dir, **hub_kwargs)
+    if tokenizer is not None:
+        if not hasattr(config, "tokenize_with"):
+            raise ValueError(f"a {str(peft_type).lower()} adapter tokenizes nothing: leave `tokenizer` unset")
+        config.tokenize_with(tokenizer)
     if clip is None:
         if not config.base_model_name_or_path:
             raise ValueError(f"the adapter in {repo_or_dir!r} records no base model; pass the CLIP model as `clip`")
