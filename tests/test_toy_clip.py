@@ -28,7 +28,9 @@ from peft_vlprompt.toy.pretrain import (
 # Zero-shot top-1 (%) of the shipped model, "a photo of a {}.", objects task, photo domain, test split seed 0,
 # 5 images per class (240 images). Measured with:
 #   python examples/toy/pretrain_toy_clip.py --eval_only --eval_tasks objects --eval_domains photo --n_test_per_class 5
-EXPECTED_OBJECTS_PHOTO_5 = 49.58
+EXPECTED_OBJECTS_PHOTO_5 = 52.50
+# the shipped model's logit scale after pretraining (initialised at 1/0.07 = 14.29, clamped at 100)
+EXPECTED_LOGIT_SCALE = 18.64
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
@@ -55,6 +57,9 @@ def test_shipped_model_config(toy):
     assert (text.eos_token_id, text.bos_token_id, text.pad_token_id) == (49407, 49406, 49407)
     assert vision.image_size == 32
     assert all(p.dtype == torch.float32 for p in model.parameters())
+    for tower in (text, vision):  # toy CLIP v2: 12 layers per tower, OpenAI's 64-dim heads
+        assert tower.num_hidden_layers == 12 and tower.hidden_size // tower.num_attention_heads == 64
+    assert model.logit_scale.exp().item() == pytest.approx(EXPECTED_LOGIT_SCALE, abs=0.01)
 
 
 def test_processor_tokenizes_and_normalises_like_clip(toy):

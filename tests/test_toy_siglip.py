@@ -82,3 +82,26 @@ def test_saved_folder_loads_through_the_auto_classes(tmp_path):
     image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     pixels = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(pixels, normalize_images(image[None], (0.5,) * 3, (0.5,) * 3), atol=1e-5, rtol=0)
+
+
+# -- the shipped toy SigLIP ---------------------------------------------------------------------------------------
+# Zero-shot top-1 (%), "a photo of a {}.", objects task, photo domain, test split seed 0, 5 images per class.
+# Measured with: python examples/toy/pretrain_toy_clip.py --eval_only --model_path peft_vlprompt/toy/toy_siglip
+#   --eval_tasks objects --eval_domains photo --n_test_per_class 5
+EXPECTED_OBJECTS_PHOTO_5 = 51.67
+
+
+def test_shipped_toy_siglip_loads_offline_small_and_pinned():
+    from peft_vlprompt.backbones import backbone_for
+    from peft_vlprompt.toy import load_toy_siglip, toy_siglip_path, toy_splits
+    from peft_vlprompt.toy.zeroshot import zero_shot_accuracy
+
+    files = os.listdir(toy_siglip_path())
+    assert sum(os.path.getsize(os.path.join(toy_siglip_path(), f)) for f in files) <= 15 * 1024**2
+    model, processor = load_toy_siglip()
+    assert isinstance(model, SiglipModel) and backbone_for(model).family == "siglip"
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    test = toy_splits("objects", "photo", 0, 0, 5, seed=0)["test"]
+    acc = zero_shot_accuracy(model, processor, test)
+    assert abs(acc - EXPECTED_OBJECTS_PHOTO_5) <= 2.0, acc
+    assert acc > 3 * 100 / 48  # far above chance
