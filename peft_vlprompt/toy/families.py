@@ -74,6 +74,19 @@ def toy_vocabulary() -> list[str]:
     return sorted(words)
 
 
+def _tower(width: int, layers: int, head_dim: int) -> dict:
+    """The size fields of one transformer tower: pre-LN blocks with a 4x MLP and `width / head_dim` heads."""
+    return dict(
+        hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers, num_attention_heads=width // head_dim
+    )
+
+
+def _vision_tower(cfg) -> dict:
+    return dict(
+        image_size=IMAGE_SIZE, patch_size=cfg.patch_size, **_tower(cfg.vision_width, cfg.vision_layers, cfg.head_dim)
+    )
+
+
 @dataclass(frozen=True)
 class ToyFamily:
     """One family's pretraining parts (see the module docstring)."""
@@ -111,23 +124,13 @@ class ToyClip(ToyFamily):
         return CLIPConfig(
             text_config=dict(
                 vocab_size=49408,
-                hidden_size=cfg.text_width,
-                intermediate_size=4 * cfg.text_width,
-                num_hidden_layers=cfg.text_layers,
-                num_attention_heads=cfg.text_width // cfg.head_dim,
+                **_tower(cfg.text_width, cfg.text_layers, cfg.head_dim),
                 max_position_embeddings=77,
                 eos_token_id=EOS,
                 bos_token_id=BOS,
                 pad_token_id=EOS,
             ),
-            vision_config=dict(
-                image_size=IMAGE_SIZE,
-                patch_size=cfg.patch_size,
-                hidden_size=cfg.vision_width,
-                intermediate_size=4 * cfg.vision_width,
-                num_hidden_layers=cfg.vision_layers,
-                num_attention_heads=cfg.vision_width // cfg.head_dim,
-            ),
+            vision_config=_vision_tower(cfg),
             projection_dim=cfg.projection_dim,
             logit_scale_init_value=math.log(1 / 0.07),  # CLIP's initial temperature 0.07
         )
@@ -186,24 +189,14 @@ class ToySiglip(ToyFamily):
         return SiglipConfig(
             text_config=dict(
                 vocab_size=len(vocab),
-                hidden_size=cfg.text_width,
-                intermediate_size=4 * cfg.text_width,
-                num_hidden_layers=cfg.text_layers,
-                num_attention_heads=cfg.text_width // cfg.head_dim,
+                **_tower(cfg.text_width, cfg.text_layers, cfg.head_dim),
                 max_position_embeddings=SIGLIP_TEXT_LENGTH,
                 projection_size=cfg.vision_width,  # SigLIP compares text head outputs with vision head outputs
                 eos_token_id=eos,
                 pad_token_id=eos,
                 bos_token_id=eos,
             ),
-            vision_config=dict(
-                image_size=IMAGE_SIZE,
-                patch_size=cfg.patch_size,
-                hidden_size=cfg.vision_width,
-                intermediate_size=4 * cfg.vision_width,
-                num_hidden_layers=cfg.vision_layers,
-                num_attention_heads=cfg.vision_width // cfg.head_dim,
-            ),
+            vision_config=_vision_tower(cfg),
         )
 
     def model(self, cfg):
