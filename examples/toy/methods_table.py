@@ -205,7 +205,7 @@ def dpl_lengths(args) -> str:
     found = json.loads(args.dpl_config.read_text())
     return (
         f"DPL trains the lengths in `{args.dpl_config}` (text {found['text_lengths']}, vision "
-        f"{found['vision_lengths']}), found on the base classes of `toy_objects` by `{DPL_SEARCH_COMMAND}`."
+        f"{found['vision_lengths']}), found on the base classes of `toy_objects` by `{args.dpl_search_command}`."
     )
 
 
@@ -308,6 +308,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser.add_argument("--torch_threads", type=int, default=DEFAULT_RUN["torch_threads"],
                         help="Threads per run (tiny matrices: 1 is fastest).")  # fmt: skip
     parser.add_argument("--protocols", nargs="+", default=PROTOCOLS, choices=PROTOCOLS)
+    parser.add_argument("--dpl_search_command", default=DPL_SEARCH_COMMAND,
+                        help="The command that wrote --dpl_config (quoted in the table).")  # fmt: skip
     parser.add_argument("--dpl_config", type=Path, default=Path("examples/toy/results/dpl_found.json"),
                         help="DeepPromptConfig found by examples/dpl_search.py on toy_objects (for --methods dpl).")  # fmt: skip
     parser.add_argument("--only_existing", action="store_true", help="Only tabulate finished runs; start none.")
