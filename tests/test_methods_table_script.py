@@ -106,3 +106,25 @@ def test_transfer_rows_carry_the_time_and_the_footer_counts_every_run(table):
         f"Total time of the 2 runs above: {(130 + 42) / 60:.1f} min, summed over the runs (wall time of each run"
         in text
     )
+
+
+def test_a_diverged_run_is_a_row_of_the_table_not_a_crash(table, monkeypatch):
+    script, runs, tmp = table
+    calls = []
+
+    def fake_train(argv):
+        calls.append(argv)
+        if argv[argv.index("--seed") + 1] == "2":
+            raise FloatingPointError("training stopped at optimizer step 21: `loss term ce` NaN")
+        return {"base_accuracy": 30.0, "new_accuracy": 20.0, "hm": 24.0, "runtime_s": 1.0}
+
+    monkeypatch.setattr(script, "train_main", fake_train)
+    out = tmp / "t.md"
+    argv = ["--methods", "restore", "--protocols", "base2new_night", "--seeds", "1", "2", "--output_dir", str(runs),
+            "--results_file", str(out), *COMMON]  # fmt: skip
+    script.main(argv)
+    assert "| restore | 1 (1 diverged) | 30.0 ± 0.0 | 20.0 ± 0.0 | 24.0 ± 0.0 |" in out.read_text()
+    stopped = json.loads((runs / "base2new_night" / "restore" / "seed2" / "methods_table_diverged.json").read_text())
+    assert "optimizer step 21" in stopped["diverged"]
+    script.main(argv)  # the diverged run is a result: not started again (the fake seed 1 wrote no results: it reruns)
+    assert [a[a.index("--seed") + 1] for a in calls] == ["1", "2", "1"]

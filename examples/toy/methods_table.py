@@ -53,6 +53,7 @@ DPL_SEARCH_COMMAND = (
 BASE2NEW = {"base2new": "toy_objects", "base2new_night": toy_dataset_name("objects", "night")}
 PROTOCOLS = [*BASE2NEW, "transfer"]
 WALL_TIME_FILE = "methods_table_wall_time.json"  # beside the run's all_results.json, written after it
+DIVERGED_FILE = "methods_table_diverged.json"  # a run stopped by a non-finite loss: its message, shown in the table
 DEFAULT_CROP_SCALE = [float(v) for v in str(DEFAULT_RUN["train_crop_scale"]).split()]  # the default job's
 TITLE = "Methods on the toy world"
 RESULTS_DIR = Path("examples/toy/results")
@@ -89,6 +90,8 @@ def run(method: str, protocol: str, seed: int, args, extra: list[str]) -> dict:
         if (out / WALL_TIME_FILE).exists():
             result["wall_s"] = json.loads((out / WALL_TIME_FILE).read_text())["wall_s"]
         return result
+    if (out / DIVERGED_FILE).exists():
+        return json.loads((out / DIVERGED_FILE).read_text())
     if args.only_existing:
         return None
     dataset = BASE2NEW.get(protocol, "toy_objects")
@@ -109,7 +112,13 @@ def run(method: str, protocol: str, seed: int, args, extra: list[str]) -> dict:
         argv += ["--config", str(args.dpl_config)]
     logger.info("running %s", " ".join(argv))
     start = time.perf_counter()
-    result = train_main(argv + extra)
+    try:
+        result = train_main(argv + extra)
+    except FloatingPointError as e:  # the run stopped itself (nothing non-finite saved): a result of the table
+        logger.warning("%s diverged: %s", out, e)
+        diverged = {"diverged": str(e), "wall_s": round(time.perf_counter() - start, 2)}
+        atomic_write_json(out / DIVERGED_FILE, diverged)
+        return diverged
     wall_s = round(time.perf_counter() - start, 2)  # loading the data and the model included, unlike runtime_s
     atomic_write_json(out / WALL_TIME_FILE, {"wall_s": wall_s, "measured_by": "examples/toy/methods_table.py"})
     return {**result, "wall_s": wall_s}
@@ -142,8 +151,14 @@ def base2new_rows(runs_by_method: dict) -> list[str]:
     hm = collect(runs_by_method, lambda r: r.get("hm"))
     for method, runs in runs_by_method.items():
         cells = f"{mean_std(base[method])} | {mean_std(new[method])} | {mean_std(hm[method])}"
-        rows.append(f"| {method} | {len(base[method])} | {cells} | {run_time(runs)} |")
+        rows.append(f"| {method} | {seeds_cell(len(base[method]), runs)} | {cells} | {run_time(runs)} |")
     return rows
+
+
+def seeds_cell(finished: int, runs: list[dict]) -> str:
+    """The number of finished runs, and of runs stopped by a non-finite loss (which have no accuracy)."""
+    diverged = sum("diverged" in r for r in runs)
+    return f"{finished} ({diverged} diverged)" if diverged else str(finished)
 
 
 def seconds(run: dict) -> float | None:
@@ -222,7 +237,8 @@ def write_table(results: dict[str, dict], args) -> str:
         f"learning rate. Only the schedule is shortened for CPU, the same for every trained method: {schedule} "
         f"and the random-resized-crop range `--train_crop_scale {crop}` (the default job's). A preset depth deeper "
         "than the model is clipped to the model's blocks, as each run logs. The `seeds` column counts the runs that "
-        "finished; `time/run` is their mean wall time (s). " + dpl_lengths(args),
+        "finished (a run stopped by a non-finite loss is counted as diverged, with no accuracy); `time/run` is their mean "
+        "wall time (s). " + dpl_lengths(args),
         "",
         *([args.note, ""] if args.note else []),
     ]
@@ -255,7 +271,7 @@ def write_table(results: dict[str, dict], args) -> str:
         dg = [statistics.mean(s[t] for t in DG_TARGETS) for s in scored if all(t in s for t in DG_TARGETS)]
         cross = [statistics.mean(s[t] for t in CROSS_TARGETS) for s in scored if all(t in s for t in CROSS_TARGETS)]
         lines.append(
-            f"| {method} | {len(source)} | {mean_std(source)} | "
+            f"| {method} | {seeds_cell(len(source), runs)} | {mean_std(source)} | "
             + " | ".join(cells)
             + f" | {mean_std(dg)} | {mean_std(cross)} | {run_time(runs)} |"
         )
