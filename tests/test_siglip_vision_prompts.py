@@ -22,7 +22,7 @@ from peft_vlprompt.losses.restore import restore_losses
 from peft_vlprompt.text_prefix import shared_prefix_text_features
 from peft_vlprompt.tuners.deep_prompt import VisionHeadInput
 from peft_vlprompt.tuners.deep_prompt.config import PromptSRCConfig
-from peft_vlprompt.tuners.restore import RestoreAdapterConfig
+from peft_vlprompt.tuners.restore import RestoreAdapterConfig, restore_prompt_pairs
 from tests.tiny import pixels, tiny_clip
 from tests.tiny_siglip import (
     MAX_LEN,
@@ -257,3 +257,70 @@ def test_training_main_runs_vision_prompt_methods_on_siglip(method, siglip_dir, 
     reloaded = PeftModel.from_pretrained(tiny_siglip(), out / "adapter")
     assert isinstance(reloaded.base_model.model.vision_model.post_layernorm, VisionHeadInput)
     assert F.normalize(classifier(reloaded).text_features(), dim=-1).isfinite().all()
+
+
+# ---- RESTORE on SigLIP (issue 13): the same prompts and gradients as MaPLe plus the prompt-norm term, nothing else ----------
+def test_restore_with_surgery_and_fs_off_computes_what_maple_does():
+    # same prompt values in both: the logits and every shared parameter's CE gradient agree, the surgery adapters get
+    # zero gradients (r = 0), and RESTORE has no trainable parameter beyond MaPLe's and its two surgery adapters
+    restore = get_peft_model(tiny_siglip(), RestoreAdapterConfig(
+        text_lengths=[2, 2], vision_lengths=[2, 2], text_ratio=0.0, vision_ratio=0.0, fs_weight=0.0
+    ).tokenize_with(word_tokenizer()))  # fmt: skip
+    maple = get_peft_model(tiny_siglip(), DeepPromptConfig(
+        text_lengths=[2, 2], coupling="maple", ctx_init="a photo of a").tokenize_with(word_tokenizer()))  # fmt: skip
+    named = randomise(restore)
+    maple_params = {n: p for n, p in maple.named_parameters() if p.requires_grad}
+    extra = {n for n in named if n not in maple_params}
+    assert extra and all(".head.restore_" in n for n in extra) and set(maple_params) <= set(named)
+    with torch.no_grad():
+        for n, p in maple_params.items():
+            p.copy_(named[n])
+    labels = torch.tensor([0, 2])
+    logits = {}
+    for key, model in (("restore", restore), ("maple", maple)):
+        logits[key] = classifier(model)(pixels())
+        F.cross_entropy(logits[key], labels).backward()
+    torch.testing.assert_close(logits["restore"], logits["maple"], atol=0, rtol=0)
+    restore_params = dict(restore.named_parameters())
+    for n, p in maple_params.items():
+        assert p.grad is not None and p.grad.abs().sum() > 0, n
+        torch.testing.assert_close(restore_params[n].grad, p.grad, atol=0, rtol=0)
+    for n in extra:
+        assert restore_params[n].grad is None or not restore_params[n].grad.any(), n
+
+
+def test_restore_prompt_norm_term_pairs_and_gradients_follow_the_hand_derivation():
+    # deep layer 1 only (index 0 is the input): P_v = W_1 P_t + b_1; with G = P Pᵀ and g = ‖G‖_F,
+    # ∂g/∂P = 2 G P / g, L = (g_t / n_t − g_v / n_v)², n the creation-time g; only P_t,1, W_1 and b_1 get gradients
+    model = get_peft_model(tiny_siglip(), CASES["restore"]())
+    tower = model.base_model.model
+    text_p = tower.text_model.encoder.layers[1].deep_prompt["default"]
+    proj = tower.vision_model.encoder.layers[1].deep_proj["default"]
+
+    def gram(p):
+        return torch.sqrt(((p @ p.T) ** 2).sum())
+
+    with torch.no_grad():
+        n_t, n_v = gram(text_p), gram(linear(text_p, proj.weight, proj.bias))
+        for n, p in model.named_parameters():
+            if p.requires_grad and ("deep_prompt" in n or "deep_proj" in n):
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(7)) * 0.05)
+    (pair,) = restore_prompt_pairs(model)
+    assert pair[0] is text_p
+    with torch.no_grad():
+        vision_p = linear(text_p, proj.weight, proj.bias)
+        torch.testing.assert_close(pair[1], vision_p)
+        g_t, g_v = gram(text_p), gram(vision_p)
+        diff = g_t / n_t - g_v / n_v
+        grad_pt = 2 * diff * 2 * (text_p @ text_p.T) @ text_p / (g_t * n_t)
+        grad_pv = -2 * diff * 2 * (vision_p @ vision_p.T) @ vision_p / (g_v * n_v)
+    loss = restore_losses(model)["restore_fs"]
+    torch.testing.assert_close(loss, diff**2)
+    loss.backward()
+    torch.testing.assert_close(text_p.grad, grad_pt + grad_pv @ proj.weight, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(proj.weight.grad, grad_pv.T @ text_p, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(proj.bias.grad, grad_pv.sum(0), rtol=1e-4, atol=1e-6)
+    others = [n for n, p in model.named_parameters() if p.grad is not None and p.grad.any()]
+    assert sorted(others) == sorted(
+        n for n, p in model.named_parameters() if p is text_p or p is proj.weight or p is proj.bias
+    )
