@@ -256,7 +256,7 @@ class PromptClassifier(nn.Module):
         """Normalised image features (B, D) under the active adapter."""
         if not self.training:  # prediction must not answer class 0 for NaN images (training: the loop checks)
             check_finite([("pixel_values", pixel_values)], "the images cannot be classified", _NONFINITE_HINT)
-        out = self.model.get_image_features(pixel_values=pixel_values.to(self._device()))
+        out = self.model.get_image_features(**self.backbone.vision_inputs(pixel_values.to(self._device())))
         return F.normalize(out.pooler_output if hasattr(out, "pooler_output") else out, dim=-1)
 
     def logit_scale(self) -> torch.Tensor:

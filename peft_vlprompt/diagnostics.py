@@ -97,8 +97,9 @@ def feature_shift(
             base = text_tower(**kwargs).hidden_states[1:]
         result["text"] = layer_shift(prompted, base, text_token_mask(input_ids, backbone, attention_mask))
     if pixel_values is not None:
-        prompted = vision_tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[1:]
+        inputs = backbone.vision_inputs(pixel_values)  # SigLIP 2: patches + spatial_shapes
+        prompted = vision_tower(**inputs, output_hidden_states=True).hidden_states[1:]
         with torch.no_grad(), adapters_off(model):
-            base = vision_tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[1:]
+            base = vision_tower(**inputs, output_hidden_states=True).hidden_states[1:]
         result["vision"] = layer_shift(prompted, base)
     return result

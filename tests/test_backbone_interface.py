@@ -178,7 +178,8 @@ def test_a_new_family_is_one_registered_class(monkeypatch):
 
     monkeypatch.setitem(FAMILIES, "dual_test", DualBackbone)
     assert family_of(_Dual()) is DualBackbone and backbone_for(_Dual()).max_positions == 16
-    listed = r"supports clip \(model_type clip\), metaclip2 \(model_type metaclip_2\), siglip \(model_type siglip\), dual_test"
+    listed = r"supports clip \(model_type clip\), metaclip2 \(model_type metaclip_2\), siglip \(model_type siglip\), "
+    listed += r"siglip2 \(model_type siglip2\), dual_test"
     with pytest.raises(TypeError, match=listed):
         backbone_for(_tiny_bert())
     assert register(DualBackbone) is DualBackbone and FAMILIES["dual_test"] is DualBackbone

@@ -122,7 +122,7 @@ def test_token_ids_from_accepts_registered_families_only(monkeypatch):
     from peft_vlprompt.backbones import FAMILIES
 
     with pytest.raises(
-        ValueError, match=r"`token_ids_from` must be one of \('clip', 'metaclip2', 'siglip', 'tokenizer'\)"
+        ValueError, match=r"`token_ids_from` must be one of \('clip', 'metaclip2', 'siglip', 'siglip2', 'tokenizer'\)"
     ):
         vlp.CoOpConfig(token_ids_from="bert")
     monkeypatch.setitem(FAMILIES, "letters", LetterBackbone)  # registered after import: accepted

@@ -5,6 +5,7 @@ is one file registering a `Backbone` subclass (importing it here registers it)."
 
 from .base import (
     FAMILIES,
+    REFUSED,
     Backbone,
     attention_projections,
     backbone_for,
@@ -17,7 +18,7 @@ from .base import (
 from .clip import ClipBackbone, unwrap_clip
 from .metaclip2 import MetaClip2Backbone
 from .siglip import SiglipBackbone
-from .siglip2 import REFUSED  # SigLIP 2: known, refused with its reason
+from .siglip2 import Siglip2Backbone
 
 __all__ = [
     "FAMILIES",
@@ -25,6 +26,7 @@ __all__ = [
     "Backbone",
     "ClipBackbone",
     "MetaClip2Backbone",
+    "Siglip2Backbone",
     "SiglipBackbone",
     "attention_projections",
     "backbone_for",

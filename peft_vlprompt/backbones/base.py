@@ -156,6 +156,12 @@ class Backbone:
         """The transformer of `tower` (called with `input_ids=` / `pixel_values=`, returns hidden states)."""
         return unwrap_model(model).get_submodule(cls.text_tower_path if tower == "text" else cls.vision_tower_path)
 
+    # -- vision input ------------------------------------------------------------------------------------------------
+    def vision_inputs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Keyword arguments of the vision tower / `get_image_features` for (B, 3, H, W) images (what every caller
+        in the package passes; a family whose tower takes another input, e.g. SigLIP 2's patches, converts here)."""
+        return {"pixel_values": pixel_values}
+
     # -- pooling and logits ------------------------------------------------------------------------------------------
     def eot_index(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B,) position the text tower pools, exactly as the family's text model picks it."""
@@ -214,6 +220,12 @@ class Backbone:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     # -- loading -----------------------------------------------------------------------------------------------------
+    @classmethod
+    def fixed_image_processor(cls, image_processor):
+        """The processor giving the (B, 3, H, W) images the package feeds (`load_backbone` returns this one): the
+        checkpoint's own by default; a family whose processor outputs something else converts it here."""
+        return image_processor
+
     @classmethod
     def load_tokenizer(cls, path: str):
         """The family's tokenizer from `path` (a family may fall back to files shipped with the package)."""
@@ -337,4 +349,4 @@ def load_backbone(path: str):
             f"`model` {path!r} has no image processor (preprocessor_config.json): save the model's processor with "
             "it, e.g. `AutoProcessor.from_pretrained(source).save_pretrained(folder)`"
         ) from e
-    return model, family.load_tokenizer(path), image_processor
+    return model, family.load_tokenizer(path), family.fixed_image_processor(image_processor)

@@ -20,8 +20,7 @@ How SigLIP differs from CLIP, and what prompts mean on it:
   `ctx_init` need `config.tokenize_with(tokenizer)`. SigLIP's own tokenizer adds no start token, so context slots
   start at position 0 (`text_start_tokens = 0`); `PromptClassifier` sets them from the tokenizer it is given.
 
-SigLIP 2 (`Siglip2Model`) is not this family: its vision tower takes `pixel_attention_mask` and `spatial_shapes`
-(NaFlex patches), which the classifier does not pass.
+SigLIP 2's FixRes checkpoints are `SiglipModel`s (this family); `Siglip2Model` (NaFlex) is `siglip2.py`, a subclass.
 """
 
 import logging

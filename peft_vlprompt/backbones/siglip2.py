@@ -1,18 +1,103 @@
-"""SigLIP 2 (`transformers.Siglip2Model`): known, and refused until the classifier feeds NaFlex inputs.
+"""`transformers.Siglip2Model` (SigLIP 2, NaFlex checkpoints): the SigLIP family's math on fixed-resolution images.
 
-`Siglip2VisionEmbeddings` embeds already patchified pixels, (B, patches, 3 * patch * patch), through a linear patch
-embedding, with position embeddings resized to each image's `spatial_shapes`; `Siglip2Model.get_image_features`
-needs `pixel_attention_mask` and `spatial_shapes` with them and has no fixed-resolution path (even the fixed-size
-checkpoints are run this way by their processor). `PromptClassifier`, the pipelines and the training loop pass
-images as `pixel_values` (B, 3, H, W) only, and appended vision prompts would also have to extend the pixel
-attention mask. So no family is registered: `backbone_for` / `load_backbone` refuse a SigLIP 2 model with this
-reason instead of the generic "unsupported model" error.
+SigLIP 2's FixRes checkpoints are published as `SiglipModel` (family "siglip"); `Siglip2Model` is the NaFlex
+architecture. Its text tower, encoder layers, post-norm, attention-pooling head and sigmoid logits are SigLIP's, module
+path for module path, so this family subclasses `SiglipBackbone` and every prompt means what it means on SigLIP
+(see `siglip.py`). What differs is the vision input:
+- `Siglip2VisionEmbeddings` embeds already patchified pixels (B, N, 3 * P * P) by a linear layer and resizes its
+  position grid to each image's `spatial_shapes`. `vision_inputs` turns the package's (B, 3, H, W) images into exactly
+  what `Siglip2ImageProcessor` makes of a fixed-size image: row-major patches, each flattened (row, column, channel),
+  and `spatial_shapes` = (H / P, W / P).
+- `pixel_attention_mask` is passed as None, not all ones. Every patch of a fixed-size image is valid, and with None
+  `Siglip2VisionTransformer` builds no encoder mask and the pooling head attends over every token, which is what an
+  all-ones mask means; a 4-D mask built for N patches would also not fit the N + n sequences of appended vision
+  prompts (IVLP, VPT, MaPLe, PromptSRC, RESTORE), which are dropped before the head as on SigLIP.
+- Images are fixed-size squares: `fixed_image_processor` (used by `load_backbone`) replaces the NaFlex processor by
+  a `SiglipImageProcessor` resizing to side x side, side = P * floor(sqrt(max_num_patches)), with the processor's own
+  resample, rescale and normalisation: what `Siglip2ImageProcessor` makes of a square image (a non-square one is
+  squashed to the square instead of keeping its aspect ratio). Variable resolution and padded NaFlex batches are not
+  supported: `vision_inputs` refuses anything but (B, 3, H, W) images with sides divisible by P.
 """
 
-from .base import REFUSED
+import logging
+import math
+from dataclasses import dataclass
 
-REFUSED["siglip2"] = (
-    "SigLIP 2 (Siglip2Model, model_type 'siglip2') is not supported yet: its vision tower takes patchified "
-    "pixels with `pixel_attention_mask` and `spatial_shapes` (NaFlex; `get_image_features` has no fixed-resolution "
-    "path), while peft_vlprompt's classifier and training loop pass only `pixel_values` images"
-)
+import torch
+from torch import nn
+
+from .base import register
+from .siglip import SiglipBackbone
+
+logger = logging.getLogger(__name__)
+
+
+@register
+@dataclass(frozen=True)
+class Siglip2Backbone(SiglipBackbone):
+    """Sizes and module names of a `transformers.Siglip2Model` (fields: see `Backbone`; `patch_size`: P)."""
+
+    patch_size: int = 0
+    num_channels: int = 3
+
+    family = "siglip2"
+    model_type = ("siglip2",)
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        from transformers import Siglip2Model
+
+        return isinstance(model, Siglip2Model)
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> "Siglip2Backbone":
+        siglip2 = cls.own_model(model)
+        text, vision = siglip2.config.text_config, siglip2.config.vision_config
+        if not vision.vision_use_head:
+            raise ValueError(
+                "the SigLIP 2 vision tower has no pooling head (`vision_use_head=False`): no image features"
+            )
+        return cls(
+            text_width=text.hidden_size,
+            vision_width=vision.hidden_size,
+            text_layers=text.num_hidden_layers,
+            vision_layers=vision.num_hidden_layers,
+            projection_dim=text.projection_size,
+            max_positions=text.max_position_embeddings,
+            vocab_size=text.vocab_size,
+            num_image_tokens=vision.num_patches,  # the position grid's patches (no CLS token)
+            eos_token_id=text.eos_token_id,
+            patch_size=vision.patch_size,
+            num_channels=vision.num_channels,
+        )
+
+    def vision_inputs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """NaFlex inputs of fixed-size images: `Siglip2ImageProcessor`'s patches, their grid, no mask (all valid)."""
+        p, c, shape = self.patch_size, self.num_channels, tuple(pixel_values.shape)
+        if len(shape) != 4 or shape[1] != c or shape[2] % p or shape[3] % p:
+            raise ValueError(
+                f"SigLIP 2 is supported on fixed-resolution images only: `pixel_values` must be (B, {c}, H, W) with H "
+                f"and W multiples of the patch size {p}, got shape {shape} (patchified NaFlex "
+                "inputs and variable resolutions are not supported: use the image processor of `load_backbone`)"
+            )
+        b, _, h, w = pixel_values.shape
+        patches = pixel_values.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, -1, p * p * c)
+        shapes = torch.tensor([[h // p, w // p]], dtype=torch.long, device=pixel_values.device).expand(b, 2)
+        return {"pixel_values": patches, "pixel_attention_mask": None, "spatial_shapes": shapes}
+
+    @classmethod
+    def fixed_image_processor(cls, image_processor):
+        """A `SiglipImageProcessor` giving the square images `Siglip2ImageProcessor` makes of a square image."""
+        patch = getattr(image_processor, "patch_size", None)
+        max_patches = getattr(image_processor, "max_num_patches", None)
+        if patch is None or max_patches is None:
+            return image_processor  # already a fixed-size processor (its `size` is used as is)
+        from transformers import SiglipImageProcessor
+
+        side = patch * math.isqrt(max_patches)
+        logger.info("SigLIP 2: images are resized to %d x %d (patch %d, max_num_patches %d)", side, side, patch,
+                    max_patches)  # fmt: skip
+        keys = ("resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std",
+                "do_convert_rgb")  # fmt: skip
+        kwargs = {k: getattr(image_processor, k) for k in keys if getattr(image_processor, k, None) is not None}
+        return SiglipImageProcessor(do_resize=True, size={"height": side, "width": side}, **kwargs)
