@@ -91,6 +91,11 @@ class PromptClassifier(nn.Module):
         self._logged_plans: set[tuple] = set()
         self.backbone = backbone_for(model)
         self.text_start = leading_special_tokens(tokenizer)  # context slots follow this tokenizer's start tokens
+        if getattr(tokenizer, "padding_side", "right") != "right":  # left pads would shift every slot position
+            raise ValueError(
+                f"`tokenizer.padding_side` is {tokenizer.padding_side!r}: context slots are found by position after "
+                "the start tokens, so prompts must be padded on the right; set `tokenizer.padding_side = 'right'`"
+            )
         self._text_cache: tuple[tuple, torch.Tensor] | None = None
         self._zero_shot_cache: tuple[tuple, torch.Tensor] | None = None
         self._ids_cache: tuple[tuple, torch.Tensor] | None = None

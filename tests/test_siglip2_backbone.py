@@ -154,3 +154,25 @@ def test_other_families_get_their_pixel_values_unchanged():
     for model in (tiny_clip(), tiny_metaclip2(), tiny_siglip()):
         inputs = backbone_for(model).vision_inputs(x)
         assert list(inputs) == ["pixel_values"] and inputs["pixel_values"] is x
+
+
+def test_load_backbone_pads_siglip2_text_on_the_right(tmp_path, caplog):
+    from transformers import AutoTokenizer
+
+    tiny_siglip2().save_pretrained(tmp_path)
+    word_tokenizer().save_pretrained(tmp_path)
+    naflex_processor().save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path).padding_side == "left"  # `Siglip2Tokenizer`'s default
+    with caplog.at_level("WARNING", logger="peft_vlprompt.backbones.siglip2"):
+        _, tokenizer, _ = load_backbone(str(tmp_path))
+    assert tokenizer.padding_side == "right" and "pads on the left" in caplog.text
+    ids = tokenizer(["a cat"], padding="max_length", max_length=6)["input_ids"][0]
+    assert ids[-1] == tokenizer.pad_token_id and ids[0] != tokenizer.pad_token_id  # text first, pads after it
+
+
+def test_a_left_padding_tokenizer_is_refused():
+    # left pads would put the prompt text (and the context slots found by position) behind the padding
+    tokenizer = word_tokenizer()
+    tokenizer.padding_side = "left"
+    with pytest.raises(ValueError, match=r"`tokenizer.padding_side` is 'left': .* set `tokenizer.padding_side = "):
+        PromptClassifier(tiny_siglip2(), tokenizer, ["cat"])

@@ -86,6 +86,18 @@ class Siglip2Backbone(SiglipBackbone):
         return {"pixel_values": patches, "pixel_attention_mask": None, "spatial_shapes": shapes}
 
     @classmethod
+    def load_tokenizer(cls, path: str):
+        """The checkpoint's tokenizer, padding on the right: `Siglip2Tokenizer` defaults to left padding, which would
+        move the prompt text (and its context slots) behind the padding; SigLIP 2 pads text to `max_length` after it
+        (pads follow `</s>`, as in SigLIP and `SiglipTextModel`'s last-position pooling expects)."""
+        tokenizer = super().load_tokenizer(path)
+        if getattr(tokenizer, "padding_side", "right") != "right":
+            logger.warning("SigLIP 2: the tokenizer of %s pads on the %s; prompts are padded on the right instead",
+                           path, tokenizer.padding_side)  # fmt: skip
+            tokenizer.padding_side = "right"
+        return tokenizer
+
+    @classmethod
     def fixed_image_processor(cls, image_processor):
         """A `SiglipImageProcessor` giving the square images `Siglip2ImageProcessor` makes of a square image."""
         patch = getattr(image_processor, "patch_size", None)
