@@ -24,9 +24,9 @@ from tests.tiny_siglip import tiny_siglip, word_tokenizer
 PATCH, GRID = 8, 4  # a 4x4 grid of 8x8 patches: the 32x32 images of `tests.tiny`
 
 
-def tiny_siglip2(seed: int = 0) -> Siglip2Model:
-    """A `Siglip2Model` holding the weights of `tiny_siglip(seed)` (same sizes; eager attention)."""
-    siglip = tiny_siglip(seed)
+def tiny_siglip2(seed: int = 0, **kwargs) -> Siglip2Model:
+    """A `Siglip2Model` holding the weights of `tiny_siglip(seed, **kwargs)` (same sizes; eager attention)."""
+    siglip = tiny_siglip(seed, **kwargs)
     text, vision = siglip.config.text_config, siglip.config.vision_config
     config = Siglip2Config(
         text_config=text.to_dict(),

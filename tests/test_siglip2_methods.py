@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
+from transformers import Siglip2Model
 
 from peft_vlprompt import CoCoOpConfig, CoOpConfig, DeepPromptConfig, PromptClassifier
 from peft_vlprompt.backbones import backbone_for
@@ -229,3 +230,60 @@ def test_training_main_runs_on_siglip2(method, siglip2_dir, tmp_path, monkeypatc
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["peft_type"]
     reloaded = PeftModel.from_pretrained(tiny_siglip2(), out / "adapter")
     assert backbone_for(reloaded).family == "siglip2" and logits(reloaded).isfinite().all()
+
+
+# ---- AutoPeftModel in a fresh process; the zero-shot pipeline with the fixed-size processor -----------------------
+@pytest.mark.slow  # a fresh interpreter imports torch and transformers
+def test_auto_peft_model_in_a_fresh_process_gives_bit_identical_logits(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    tiny_siglip2().save_pretrained(tmp_path / "base")
+    model = get_peft_model(Siglip2Model.from_pretrained(tmp_path / "base").eval(), ALL["maple"]())
+    randomise(model)
+    model.save_pretrained(tmp_path / "adapter")
+    torch.save({"pixels": pixels(), "logits": logits(model)}, tmp_path / "expected.pt")
+    script = textwrap.dedent(
+        f"""
+        import torch
+        torch.set_num_threads(1)
+        import peft_vlprompt
+        from peft import AutoPeftModel, PeftModel
+        from transformers import Siglip2Model
+        from tests.tiny_siglip import word_tokenizer
+        model = AutoPeftModel.from_pretrained({str(tmp_path / "adapter")!r}).eval()
+        assert type(model) is PeftModel and isinstance(model.base_model.model, Siglip2Model), type(model)
+        data = torch.load({str(tmp_path / "expected.pt")!r})
+        with torch.no_grad():
+            logits = peft_vlprompt.PromptClassifier(model, word_tokenizer(), {CLASSNAMES!r}).eval()(data["pixels"])
+        assert torch.equal(logits, data["logits"]), (logits, data["logits"])
+        print("OK")
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=root)
+    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("method", ["coop-front", "cocoop", "maple"])
+def test_zero_shot_pipeline_matches_prompt_classifier(method):
+    from transformers import Siglip2ImageProcessor
+
+    from peft_vlprompt.backbones import Siglip2Backbone
+    from peft_vlprompt.hub import prompt_pipeline
+    from tests.test_siglip2_backbone import images
+
+    # the processor `load_backbone` gives for the NaFlex one (32x32 squares); 64 text positions as in the SigLIP test
+    fixed = Siglip2Backbone.fixed_image_processor(Siglip2ImageProcessor(patch_size=8, max_num_patches=16))
+    model = get_peft_model(tiny_siglip2(max_len=64), ALL[method]()).eval()
+    randomise(model)
+    ims = images(4, size=(40, 48))
+    with torch.no_grad():
+        expected = torch.sigmoid(classifier(model)(fixed(images=ims, return_tensors="pt")["pixel_values"]))
+    out = prompt_pipeline(model, word_tokenizer(), fixed)(ims, candidate_labels=CLASSNAMES)
+    got = torch.tensor([[{d["label"]: d["score"] for d in o}[name] for name in CLASSNAMES] for o in out])
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
