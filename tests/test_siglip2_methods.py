@@ -211,7 +211,7 @@ def siglip2_dir(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("method", ["coop", "cocoop", "maple", "restore"])
+@pytest.mark.parametrize("method", ["coop", "cocoop", "maple", "restore", "dpl"])
 def test_training_main_runs_on_siglip2(method, siglip2_dir, tmp_path, monkeypatch):
     from peft_vlprompt.backbones import Siglip2Backbone
     from peft_vlprompt.training import main
@@ -223,6 +223,9 @@ def test_training_main_runs_on_siglip2(method, siglip2_dir, tmp_path, monkeypatc
     out = tmp_path / method
     # RESTORE with the feature-shift definition: its vision passes go through `vision_inputs` too
     extra = ["--adapter_kwargs", json.dumps({"fs_definition": "features"})] if method == "restore" else []
+    if method == "dpl":  # DPL's training stage on a found layout (prefix prompts in both towers)
+        DeepPromptConfig(mode="prefix", text_lengths=[1, 2], vision_lengths=[2, 0]).save_pretrained(tmp_path / "found")
+        extra = ["--config", str(tmp_path / "found" / "adapter_config.json")]
     results = main(base_args(siglip2_dir, out, method, "--no_eval_zero_shot", *extra))
     assert results["global_step"] == 8 and 0 <= results["hm"] <= 100
     saved = load_file(str(out / "adapter" / "adapter_model.safetensors"))
@@ -287,3 +290,30 @@ def test_zero_shot_pipeline_matches_prompt_classifier(method):
     out = prompt_pipeline(model, word_tokenizer(), fixed)(ims, candidate_labels=CLASSNAMES)
     got = torch.tensor([[{d["label"]: d["score"] for d in o}[name] for name in CLASSNAMES] for o in out])
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_dpl_search_steps_on_siglip2_equal_those_on_the_same_weights_in_siglip(tmp_path):
+    # the bilevel step (alpha on the validation loss, then the prompts) runs images through `vision_inputs`; on the
+    # same weights it must move alpha and the prompts exactly as on SigLIP (its vision tower takes the images as is)
+    from peft_vlprompt.dpl import DPLSearch, DPLSearchArguments
+    from peft_vlprompt.tuners.dpl import alpha_parameters, prompt_parameters
+    from tests.test_metaclip2_methods import Images
+
+    args = DPLSearchArguments(num_epochs=2, batch_size=2, lr=0.05, alpha_lr=0.05, log_every=1000, warmup_epochs=0,
+                              momentum=0.9, weight_decay=0.01, max_steps=2)  # fmt: skip
+    moved = []
+    for name, make in (("siglip2", tiny_siglip2), ("siglip", tiny_siglip)):
+        base = make()
+        torch.manual_seed(0)  # the adapter's initialisation
+        config = DPLSearchConfig(text_candidates=[0, 1, 2], vision_candidates=[0, 2], prompt_init="normal",
+                                 init_std=0.3)  # fmt: skip
+        model = get_peft_model(base, config)
+        before = [p.detach().clone() for p in alpha_parameters(model) + prompt_parameters(model)]
+        search = DPLSearch(model, classifier(model).train(), Images(6, 1), Images(3, 2), args, tmp_path / name,
+                           keyed_train=True)  # fmt: skip
+        search.run()
+        after = alpha_parameters(search.model) + prompt_parameters(search.model)
+        assert all(not torch.equal(a, b) for a, b in zip(after, before) if a.shape[0] > 0)
+        moved.append([p.detach() for p in after])
+    for a, b in zip(*moved):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
