@@ -9,9 +9,9 @@ path for module path, so this family subclasses `SiglipBackbone` and every promp
   what `Siglip2ImageProcessor` makes of a fixed-size image: row-major patches, each flattened (row, column, channel),
   and `spatial_shapes` = (H / P, W / P).
 - `pixel_attention_mask` is passed as None, not all ones. Every patch of a fixed-size image is valid, and with None
-  `Siglip2VisionTransformer` builds no encoder mask and the pooling head attends over every token, which is what an
-  all-ones mask means; a 4-D mask built for N patches would also not fit the N + n sequences of appended vision
-  prompts (IVLP, VPT, MaPLe, PromptSRC, RESTORE), which are dropped before the head as on SigLIP.
+  `Siglip2VisionModel` builds no encoder mask (`create_bidirectional_mask` returns None) and the pooling head attends
+  over every token: what an all-ones mask means, exactly. A 4-D mask built for N patches would not fit the N + n
+  sequences of appended vision prompts (IVLP, VPT, MaPLe, PromptSRC, RESTORE; dropped before the head as on SigLIP).
 - Images are fixed-size squares: `fixed_image_processor` (used by `load_backbone`) replaces the NaFlex processor by
   a `SiglipImageProcessor` resizing to side x side, side = P * floor(sqrt(max_num_patches)), with the processor's own
   resample, rescale and normalisation: what `Siglip2ImageProcessor` makes of a square image (a non-square one is
