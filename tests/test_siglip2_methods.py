@@ -154,6 +154,16 @@ def test_vision_prompt_methods_match_the_siglip_restatement(case):
     close(logits(model), expected_logits(case, named, tiny_siglip()))
 
 
+@pytest.mark.parametrize("case", ["vision-layer-1-only", "maple"])
+def test_vision_prompts_under_sdpa_match_the_siglip_restatement(case):
+    # the default kernel: no mask is built for the grown sequence either (prompts added at layer 1 only)
+    base = tiny_siglip2()
+    base.set_attn_implementation("sdpa")
+    model = get_peft_model(base, VISION_CASES[case]())
+    named = randomise(model)
+    close(logits(model), expected_logits(case, named, tiny_siglip()))
+
+
 def test_restore_vision_feature_shift_is_the_siglip_restatement():
     # per block: mean over images and the 16 patches of ‖h(prompted) − h(base)‖ / ‖h(base)‖, the base and prompted
     # vision passes both fed through `vision_inputs` (patches + spatial_shapes); hidden states restated by hand
