@@ -63,15 +63,22 @@ class SiglipBackbone(Backbone):
 
         return isinstance(model, SiglipModel)
 
+    display_name = "SigLIP"  # in messages
+
     @classmethod
     def from_model(cls, model: nn.Module) -> "SiglipBackbone":
         siglip = cls.own_model(model)
         text, vision = siglip.config.text_config, siglip.config.vision_config
         if not vision.vision_use_head:
             raise ValueError(
-                "the SigLIP vision tower has no pooling head (`vision_use_head=False`): no image features"
+                f"the {cls.display_name} vision tower has no pooling head (`vision_use_head=False`): no image features"
             )
-        return cls(
+        return cls(**cls.fields_from_configs(text, vision))
+
+    @classmethod
+    def fields_from_configs(cls, text, vision) -> dict:
+        """The backbone's sizes from the text and vision configs (a subclass adds its own)."""
+        return dict(
             text_width=text.hidden_size,
             vision_width=vision.hidden_size,
             text_layers=text.num_hidden_layers,
@@ -79,9 +86,13 @@ class SiglipBackbone(Backbone):
             projection_dim=text.projection_size,
             max_positions=text.max_position_embeddings,
             vocab_size=text.vocab_size,
-            num_image_tokens=(vision.image_size // vision.patch_size) ** 2,  # patches only: no CLS token
+            num_image_tokens=cls.image_tokens(vision),
             eos_token_id=text.eos_token_id,
         )
+
+    @classmethod
+    def image_tokens(cls, vision) -> int:
+        return (vision.image_size // vision.patch_size) ** 2  # patches only: no CLS token
 
     def eot_index(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The first EOS of each row (the end of the prompt text; the tower itself pools the last position)."""

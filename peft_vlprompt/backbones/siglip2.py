@@ -49,27 +49,16 @@ class Siglip2Backbone(SiglipBackbone):
 
         return isinstance(model, Siglip2Model)
 
+    display_name = "SigLIP 2"
+
     @classmethod
-    def from_model(cls, model: nn.Module) -> "Siglip2Backbone":
-        siglip2 = cls.own_model(model)
-        text, vision = siglip2.config.text_config, siglip2.config.vision_config
-        if not vision.vision_use_head:
-            raise ValueError(
-                "the SigLIP 2 vision tower has no pooling head (`vision_use_head=False`): no image features"
-            )
-        return cls(
-            text_width=text.hidden_size,
-            vision_width=vision.hidden_size,
-            text_layers=text.num_hidden_layers,
-            vision_layers=vision.num_hidden_layers,
-            projection_dim=text.projection_size,
-            max_positions=text.max_position_embeddings,
-            vocab_size=text.vocab_size,
-            num_image_tokens=vision.num_patches,  # the position grid's patches (no CLS token)
-            eos_token_id=text.eos_token_id,
-            patch_size=vision.patch_size,
-            num_channels=vision.num_channels,
-        )
+    def fields_from_configs(cls, text, vision) -> dict:
+        return {**super().fields_from_configs(text, vision), "patch_size": vision.patch_size,
+                "num_channels": vision.num_channels}  # fmt: skip
+
+    @classmethod
+    def image_tokens(cls, vision) -> int:
+        return vision.num_patches  # the position grid's patches (no CLS token)
 
     def vision_inputs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor | None]:
         """NaFlex inputs of fixed-size images: `Siglip2ImageProcessor`'s patches, their grid, no mask (all valid)."""
