@@ -30,6 +30,7 @@ from tests.test_siglip_vision_prompts import CASES as VISION_CASES
 from tests.test_siglip_vision_prompts import expected_logits
 from tests.tiny import pixels
 from tests.tiny_siglip import (
+    assert_auto_peft_model_in_fresh_process,
     image_features,
     prompt_embeds,
     sigmoid_logits,
@@ -248,38 +249,13 @@ def test_training_main_runs_on_siglip2(method, siglip2_dir, tmp_path, monkeypatc
 # ---- AutoPeftModel in a fresh process; the zero-shot pipeline with the fixed-size processor -----------------------
 @pytest.mark.slow  # a fresh interpreter imports torch and transformers
 def test_auto_peft_model_in_a_fresh_process_gives_bit_identical_logits(tmp_path):
-    import os
-    import subprocess
-    import sys
-    import textwrap
-    from pathlib import Path
 
     tiny_siglip2().save_pretrained(tmp_path / "base")
     model = get_peft_model(Siglip2Model.from_pretrained(tmp_path / "base").eval(), ALL["maple"]())
     randomise(model)
     model.save_pretrained(tmp_path / "adapter")
     torch.save({"pixels": pixels(), "logits": logits(model)}, tmp_path / "expected.pt")
-    script = textwrap.dedent(
-        f"""
-        import torch
-        torch.set_num_threads(1)
-        import peft_vlprompt
-        from peft import AutoPeftModel, PeftModel
-        from transformers import Siglip2Model
-        from tests.tiny_siglip import word_tokenizer
-        model = AutoPeftModel.from_pretrained({str(tmp_path / "adapter")!r}).eval()
-        assert type(model) is PeftModel and isinstance(model.base_model.model, Siglip2Model), type(model)
-        data = torch.load({str(tmp_path / "expected.pt")!r})
-        with torch.no_grad():
-            logits = peft_vlprompt.PromptClassifier(model, word_tokenizer(), {CLASSNAMES!r}).eval()(data["pixels"])
-        assert torch.equal(logits, data["logits"]), (logits, data["logits"])
-        print("OK")
-        """
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    root = Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=root)
-    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
+    assert_auto_peft_model_in_fresh_process(tmp_path / "adapter", tmp_path / "expected.pt", "Siglip2Model", CLASSNAMES)
 
 
 @pytest.mark.parametrize("method", ["coop-front", "cocoop", "maple"])

@@ -7,12 +7,6 @@ by hand, bidirectional text, last-position pooling, exp(scale) * cos + bias), sa
 head) are tested in `tests/test_siglip_vision_prompts.py`; prefix vision prompts add only keys/values.
 """
 
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -29,6 +23,7 @@ from peft_vlprompt.tuners.kgcoop.config import KgCoOpConfig
 from peft_vlprompt.tuners.prograd_coop.config import ProGradCoOpConfig
 from tests.tiny import pixels
 from tests.tiny_siglip import (
+    assert_auto_peft_model_in_fresh_process,
     image_features,
     prompt_embeds,
     sigmoid_logits,
@@ -245,27 +240,7 @@ def test_auto_peft_model_in_a_fresh_process_gives_bit_identical_logits(method, t
     with torch.no_grad():
         expected = classifier(model)(pixels())
     torch.save({"pixels": pixels(), "logits": expected}, tmp_path / "expected.pt")
-    script = textwrap.dedent(
-        f"""
-        import torch
-        torch.set_num_threads(1)
-        import peft_vlprompt
-        from peft import AutoPeftModel, PeftModel
-        from transformers import SiglipModel
-        from tests.tiny_siglip import word_tokenizer
-        model = AutoPeftModel.from_pretrained({str(tmp_path / "adapter")!r}).eval()
-        assert type(model) is PeftModel and isinstance(model.base_model.model, SiglipModel), type(model)
-        data = torch.load({str(tmp_path / "expected.pt")!r})
-        with torch.no_grad():
-            logits = peft_vlprompt.PromptClassifier(model, word_tokenizer(), {CLASSNAMES!r}).eval()(data["pixels"])
-        assert torch.equal(logits, data["logits"]), (logits, data["logits"])
-        print("OK")
-        """
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    root = Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=root)
-    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
+    assert_auto_peft_model_in_fresh_process(tmp_path / "adapter", tmp_path / "expected.pt", "SiglipModel", CLASSNAMES)
 
 
 def processor():

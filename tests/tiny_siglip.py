@@ -179,3 +179,36 @@ def logits_through_the_towers(base: SiglipModel, embeds: torch.Tensor, pixel_val
     t = text.head(text.final_layer_norm(x)[:, -1])
     v = base.vision_model(pixel_values=pixel_values).pooler_output
     return base.logit_scale.exp() * F.normalize(v, dim=-1) @ F.normalize(t, dim=-1).t() + base.logit_bias
+
+
+def assert_auto_peft_model_in_fresh_process(adapter_dir, expected_file, model_class: str, classnames) -> None:
+    """`AutoPeftModel.from_pretrained(adapter_dir)` in a new interpreter (1 thread, offline) is a `PeftModel` over a
+    transformers `model_class` and gives exactly the logits saved in `expected_file` (`{"pixels", "logits"}`)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    script = textwrap.dedent(
+        f"""
+        import torch
+        torch.set_num_threads(1)
+        import peft_vlprompt
+        import transformers
+        from peft import AutoPeftModel, PeftModel
+        from tests.tiny_siglip import word_tokenizer
+        model = AutoPeftModel.from_pretrained({str(adapter_dir)!r}).eval()
+        assert type(model) is PeftModel, type(model)
+        assert isinstance(model.base_model.model, transformers.{model_class}), type(model.base_model.model)
+        data = torch.load({str(expected_file)!r})
+        with torch.no_grad():
+            logits = peft_vlprompt.PromptClassifier(model, word_tokenizer(), {list(classnames)!r}).eval()(data["pixels"])
+        assert torch.equal(logits, data["logits"]), (logits, data["logits"])
+        print("OK")
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=root)
+    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
