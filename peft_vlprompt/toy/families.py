@@ -27,6 +27,8 @@ from .world import IMAGE_SIZE
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BOS, EOS = 49406, 49407  # CLIP BPE
+SIGLIP_SPECIAL_TOKENS = ("<unk>", "</s>")  # ids 0 and 1 of the toy SigLIP's vocabulary; "</s>" ends and pads
+SIGLIP_EOS = SIGLIP_SPECIAL_TOKENS.index("</s>")
 SIGLIP_TEXT_LENGTH = 24  # toy SigLIP's max_position_embeddings: 16 context tokens + class name + "." + "</s>" fit
 
 
@@ -184,17 +186,15 @@ class ToySiglip(ToyFamily):
     def config(self, cfg):
         from transformers import SiglipConfig
 
-        vocab = ["<unk>", "</s>", *toy_vocabulary()]
-        eos = vocab.index("</s>")
         return SiglipConfig(
             text_config=dict(
-                vocab_size=len(vocab),
+                vocab_size=len(SIGLIP_SPECIAL_TOKENS) + len(toy_vocabulary()),
                 **_tower(cfg.text_width, cfg.text_layers, cfg.head_dim),
                 max_position_embeddings=SIGLIP_TEXT_LENGTH,
                 projection_size=cfg.vision_width,  # SigLIP compares text head outputs with vision head outputs
-                eos_token_id=eos,
-                pad_token_id=eos,
-                bos_token_id=eos,
+                eos_token_id=SIGLIP_EOS,
+                pad_token_id=SIGLIP_EOS,
+                bos_token_id=SIGLIP_EOS,
             ),
             vision_config=_vision_tower(cfg),
         )
@@ -212,7 +212,7 @@ class ToySiglip(ToyFamily):
         from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
         from transformers import PreTrainedTokenizerFast
 
-        vocab = {w: i for i, w in enumerate(["<unk>", "</s>", *toy_vocabulary()])}
+        vocab = {w: i for i, w in enumerate([*SIGLIP_SPECIAL_TOKENS, *toy_vocabulary()])}
         tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
         tok.normalizer = normalizers.Lowercase()
         tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -228,10 +228,9 @@ class ToySiglip(ToyFamily):
         )
 
     def text_inputs(self, ids):
-        eos = 1
         if max(len(i) for i in ids) > SIGLIP_TEXT_LENGTH:
             raise ValueError(f"a caption is longer than the toy SigLIP's {SIGLIP_TEXT_LENGTH} tokens")
-        input_ids = torch.full((len(ids), SIGLIP_TEXT_LENGTH), eos, dtype=torch.long)
+        input_ids = torch.full((len(ids), SIGLIP_TEXT_LENGTH), SIGLIP_EOS, dtype=torch.long)
         for row, i in enumerate(ids):
             input_ids[row, : len(i)] = torch.tensor(i)
         return {"input_ids": input_ids}

@@ -38,6 +38,8 @@ from .world import COLORS, DOMAINS, IMAGE_SIZE, OBJECT_CLASSES, SHAPES, render_a
 
 logger = logging.getLogger(__name__)
 
+STORAGE_DTYPE = torch.float16  # the shipped files' weight matrices (half the size); they load as float32
+
 
 @dataclass
 class ToyPretrainConfig:
@@ -193,18 +195,22 @@ def sample_caption(rng: np.random.Generator, class_id: int, domain: str, cfg: To
     return templates[int(rng.integers(len(templates)))].format(phrase), f"{kind}:{phrase}"
 
 
-def describes(key: str, class_id: int) -> bool:
-    """Whether a caption with `key` (`"full:red circle"`, `"shape:circle"`, `"color:red"`) is true of the class."""
+def _named_parts(key: str) -> tuple[int, int]:
+    """(shape, colour) indices a caption key (`"full:red circle"`, `"shape:circle"`, `"color:red"`) names; -1: not named."""
     kind, phrase = key.split(":")
-    shape, color = SHAPES[OBJECT_CLASSES[class_id][0]], COLORS[OBJECT_CLASSES[class_id][1]]
-    return phrase == {"full": f"{color} {shape}", "shape": shape, "color": color}[kind]
+    if kind == "full":
+        color, shape = phrase.split(" ")
+        return SHAPES.index(shape), COLORS.index(color)
+    return (SHAPES.index(phrase), -1) if kind == "shape" else (-1, COLORS.index(phrase))
 
 
 def caption_positives(classes: list[int], keys: list[str]) -> torch.Tensor:
     """(images, captions) bool: image i's own caption, and every caption that describes image i's class."""
-    n = len(classes)
-    pos = torch.tensor([[i == j or describes(keys[j], classes[i]) for j in range(n)] for i in range(n)])
-    return pos
+    shape, color = torch.tensor([OBJECT_CLASSES[k] for k in classes]).T
+    named_shape, named_color = torch.tensor([_named_parts(key) for key in keys]).T
+    fits_shape = (named_shape[None, :] == -1) | (named_shape[None, :] == shape[:, None])
+    fits_color = (named_color[None, :] == -1) | (named_color[None, :] == color[:, None])
+    return (fits_shape & fits_color) | torch.eye(len(classes), dtype=torch.bool)
 
 
 class _Tokens:
@@ -339,7 +345,7 @@ def save_toy_clip(model, output_dir: str, cfg: ToyPretrainConfig | None = None) 
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         weights = os.path.join(tmp, "model.safetensors")
-        tensors = {k: (v.half() if v.numel() > 1 else v) for k, v in load_file(weights).items()}
+        tensors = {k: (v.to(STORAGE_DTYPE) if v.numel() > 1 else v) for k, v in load_file(weights).items()}
         save_file(tensors, weights, metadata={"format": "pt"})
         family.save_processor(tmp)
         if cfg is not None:
