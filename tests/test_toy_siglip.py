@@ -56,9 +56,12 @@ def test_pretraining_is_bit_reproducible_and_trains():
     c = pretrain_toy_clip(_tiny_cfg(seed=1)).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
-    # SigLIP's initialisation (log 10, -10), then moved by the sigmoid loss
-    assert a["logit_scale"].item() != pytest.approx(math.log(10), abs=1e-6)
-    assert a["logit_bias"].item() == pytest.approx(-10, abs=0.1)
+    # SigLIP's initialisation (log 10, -10), then moved by the sigmoid loss: Adam moves a parameter by at most about
+    # its learning rate per step (here 3 steps at the temperature's rate)
+    cfg = _tiny_cfg()
+    bound = 3 * cfg.learning_rate * cfg.temperature_lr_multiplier * 1.01
+    assert 0 < abs(a["logit_scale"].item() - math.log(10)) <= bound
+    assert 0 < abs(a["logit_bias"].item() + 10) <= bound
 
 
 def test_saved_folder_loads_through_the_auto_classes(tmp_path):

@@ -3,7 +3,13 @@
 Regenerate the shipped models (bit-for-bit on the same torch version and CPU; times in README):
 
     python examples/toy/pretrain_toy_clip.py --output_dir peft_vlprompt/toy/toy_clip --eval
-    python examples/toy/pretrain_toy_clip.py --family siglip --output_dir peft_vlprompt/toy/toy_siglip --eval
+    python examples/toy/pretrain_toy_clip.py --family siglip --head_dim 16 --text_layers 6 --vision_layers 6 \
+        --batch_size 64 --distinct_classes false --learning_rate 1e-3 --temperature_lr_multiplier 10 \
+        --partial_caption_prob 0.1 --wrong_caption_prob 0.02 --projection_dim 64 \
+        --output_dir peft_vlprompt/toy/toy_siglip --eval
+
+(the toy SigLIP was pretrained before the toy CLIP's current settings; its flags restore the settings it used, also
+recorded in its folder's `toy_pretrain_config.json`)
 
 Zero-shot table of a shipped model (tasks x domains, test split seed 0, 20 images per class and domain):
 
