@@ -75,6 +75,10 @@ def test_numbers_are_the_diagnostics_of_the_saved_adapters_averaged_over_seeds(r
     direct = direct_shift(model_dir, root / "runs" / "base2new" / "restore" / "seed1", 2)
     assert saved["methods"]["restore"]["vision"]["mean"] == pytest.approx(direct["vision"], rel=1e-5, abs=1e-7)
     assert saved["methods"]["restore"]["text"]["std"] == [0.0, 0.0]
+    # the learning rate each method's runs recorded travels with its numbers (the plot's legend shows it)
+    for method in ("ivlp", "restore"):
+        recorded = json.loads((root / "runs" / "base2new" / method / "seed1" / "all_results.json").read_text())["lr"]
+        assert saved["methods"][method]["lr"] == [recorded]
 
 
 def test_a_missing_run_is_refused_before_any_work(tmp_path):

@@ -156,7 +156,8 @@ def plot(report: dict, path: Path) -> None:
         for method, numbers in report["methods"].items():
             mean, std = numbers[tower]["mean"], numbers[tower]["std"]
             blocks = range(1, len(mean) + 1)
-            ax.errorbar(blocks, mean, yerr=std, marker="o", capsize=3, label=method)
+            lrs = ", ".join(f"{lr:g}" for lr in numbers.get("lr", []))
+            ax.errorbar(blocks, mean, yerr=std, marker="o", capsize=3, label=f"{method} (lr {lrs})" if lrs else method)
         ax.set_xlabel(f"{tower} encoder block")
         ax.set_ylabel("feature shift ‖h(prompted) − h(base)‖ / ‖h(base)‖")
         ax.set_title(f"{tower} tower")
@@ -203,6 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
         "(peft_vlprompt.diagnostics.feature_shift); text: the run's class prompts, vision: CLS + patch tokens",
         "methods": {method: summarise(per_seed) for method, per_seed in per_method.items()},
     }
+    for method, entry in report["methods"].items():  # what the runs trained with, as they recorded it
+        entry["lr"] = sorted({summary["lr"] for m, _, _, summary in runs if m == method and "lr" in summary})
     from peft_vlprompt._atomic import atomic_write_json
 
     atomic_write_json(args.json_file, report)
