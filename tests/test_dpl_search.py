@@ -100,6 +100,20 @@ def test_prompt_lr_is_dassl_schedule():
 
 
 # -- one step by hand --------------------------------------------------------------------------------------------
+def hand_search_step(clf, alphas, prompts, train_batch, val_batch, lr=0.05, weight_decay=0.01):
+    """One bilevel DPL search step written out, updating `alphas` and `prompts` in place."""
+    # alpha: one Adam step (bias-corrected first step: lr * g / (|g| + eps)) on the validation loss
+    g = torch.autograd.grad(F.cross_entropy(clf(val_batch["pixel_values"]), val_batch["labels"]), alphas)
+    with torch.no_grad():
+        for a, ga in zip(alphas, g):
+            a -= lr * ga / (ga.abs() + 1e-8)
+    # prompts: one SGD step at the *updated* alpha on the training loss (momentum buffer = grad + wd * p)
+    g = torch.autograd.grad(F.cross_entropy(clf(train_batch["pixel_values"]), train_batch["labels"]), prompts)
+    with torch.no_grad():
+        for p, gp in zip(prompts, g):
+            p -= lr * (gp + weight_decay * p)
+
+
 def test_one_step_matches_hand_computed_bilevel_update(tmp_path):
     search = make_search(tmp_path, warmup_epochs=0, momentum=0.9, weight_decay=0.01)
     model, clf = supernet()  # an identical copy to compute the reference on
@@ -110,16 +124,7 @@ def test_one_step_matches_hand_computed_bilevel_update(tmp_path):
     train_batch = collate([train[(0, i)] for i in pass_order(8, 1, TRAIN_STREAM, 0)[:2]])
     val_batch = collate([val[i] for i in pass_order(3, 1, VAL_STREAM, 0)[:2]])
 
-    # alpha: one Adam step (bias-corrected first step: lr * g / (|g| + eps)) on the validation loss
-    g = torch.autograd.grad(F.cross_entropy(clf(val_batch["pixel_values"]), val_batch["labels"]), alphas)
-    with torch.no_grad():
-        for a, ga in zip(alphas, g):
-            a -= 0.05 * ga / (ga.abs() + 1e-8)
-    # prompts: one SGD step at the *updated* alpha on the training loss (momentum buffer = grad + wd * p)
-    g = torch.autograd.grad(F.cross_entropy(clf(train_batch["pixel_values"]), train_batch["labels"]), prompts)
-    with torch.no_grad():
-        for p, gp in zip(prompts, g):
-            p -= 0.05 * (gp + 0.01 * p)
+    hand_search_step(clf, alphas, prompts, train_batch, val_batch)
 
     search.args.max_steps = 1
     search.run()

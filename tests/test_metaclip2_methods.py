@@ -16,12 +16,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from peft import PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dict
-from PIL import Image
 from transformers import CLIPImageProcessor, MetaClip2Model, pipeline
 
 from peft_vlprompt import (
@@ -40,7 +38,8 @@ from peft_vlprompt.tuners.deep_prompt import PromptSRCConfig
 from peft_vlprompt.tuners.restore import RestoreAdapterConfig
 from tests import reference_clip as ref
 from tests.reference_text import text_feature
-from tests.tiny import pixels
+from tests.test_dpl_search import hand_search_step
+from tests.tiny import pipeline_images, pipeline_scores, pixels
 from tests.tiny_metaclip2 import BOS, EOS, PAD, SPECIALS, WORDS, first_eos, tiny_metaclip2, xlmv_like_tokenizer
 
 CLASSNAMES = ["cat", "golden retriever", "sea lion"]
@@ -348,16 +347,7 @@ def test_dpl_search_steps_match_the_hand_bilevel_update_and_export_a_metaclip2_a
     alphas, prompts = alpha_parameters(hand), prompt_parameters(hand)
     train = collate([Images(6, 1)[(0, i)] for i in pass_order(6, 1, TRAIN_STREAM, 0)[:2]])
     val = collate([Images(3, 2)[i] for i in pass_order(3, 1, VAL_STREAM, 0)[:2]])
-    # alpha: one Adam step (first step: lr * g / (|g| + eps)) on the validation loss
-    g = torch.autograd.grad(F.cross_entropy(hand_clf(val["pixel_values"]), val["labels"]), alphas)
-    with torch.no_grad():
-        for a, ga in zip(alphas, g):
-            a -= 0.05 * ga / (ga.abs() + 1e-8)
-    # prompts: one SGD step at the updated alpha on the training loss (momentum buffer = grad + wd * p)
-    g = torch.autograd.grad(F.cross_entropy(hand_clf(train["pixel_values"]), train["labels"]), prompts)
-    with torch.no_grad():
-        for p, gp in zip(prompts, g):
-            p -= 0.05 * (gp + 0.01 * p)
+    hand_search_step(hand_clf, alphas, prompts, train, val)  # the search's lr 0.05 and weight decay 0.01
     search.run()
     for got, want in zip(alpha_parameters(search.model) + prompt_parameters(search.model), alphas + prompts):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
@@ -442,28 +432,25 @@ def processor():
     return CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
 
 
-def images(n=4):
-    rng = np.random.default_rng(0)
-    colours = rng.integers(0, 255, (n, 1, 1, 3))
-    return [Image.fromarray(np.clip(c + rng.normal(0, 60, (40, 48, 3)), 0, 255).astype(np.uint8)) for c in colours]
-
-
-def scores(outputs):
-    return torch.tensor([[{d["label"]: d["score"] for d in out}[name] for name in CLASSNAMES] for out in outputs])
-
-
 @pytest.mark.parametrize("method", ["coop-front", "cocoop", "maple"])
 def test_zero_shot_pipeline_matches_prompt_classifier(method):
     model = get_peft_model(base(), ALL[method]()).eval()
     randomise(model, std=2.0)  # large prompts, so they decide the ranking
     with torch.no_grad():
-        probs = classifier(model)(processor()(images=images(), return_tensors="pt")["pixel_values"]).softmax(-1)
-    got = scores(prompt_pipeline(model, tok(), processor(), template=TEMPLATE)(images(), candidate_labels=CLASSNAMES))
+        probs = classifier(model)(processor()(images=pipeline_images(), return_tensors="pt")["pixel_values"]).softmax(
+            -1
+        )
+    got = pipeline_scores(
+        prompt_pipeline(model, tok(), processor(), template=TEMPLATE)(pipeline_images(), candidate_labels=CLASSNAMES),
+        CLASSNAMES,
+    )
     torch.testing.assert_close(got, probs, atol=1e-6, rtol=1e-5)
     if method != "cocoop":  # the stock pipeline with the placeholder template writes the same prompts
         stock = pipeline("zero-shot-image-classification", model=model, tokenizer=tok(), image_processor=processor())
-        out = stock(images(), candidate_labels=CLASSNAMES, hypothesis_template=hypothesis_template(model, TEMPLATE))
-        torch.testing.assert_close(scores(out), probs, atol=1e-5, rtol=1e-5)
+        out = stock(
+            pipeline_images(), candidate_labels=CLASSNAMES, hypothesis_template=hypothesis_template(model, TEMPLATE)
+        )
+        torch.testing.assert_close(pipeline_scores(out, CLASSNAMES), probs, atol=1e-5, rtol=1e-5)
 
 
 # ---- the training command line on a MetaCLIP 2 folder (the checkpoint's own tokenizer, `ctx_init` and DPL's ensemble)

@@ -7,12 +7,10 @@ by hand, bidirectional text, last-position pooling, exp(scale) * cos + bias), sa
 head) are tested in `tests/test_siglip_vision_prompts.py`; prefix vision prompts add only keys/values.
 """
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from peft import PeftModel, get_peft_model
-from PIL import Image
 from transformers import SiglipImageProcessor, SiglipModel, pipeline
 
 from peft_vlprompt import CoCoOpConfig, CoOpConfig, DeepPromptConfig, PromptClassifier
@@ -21,7 +19,7 @@ from peft_vlprompt.tuners.deep_prompt.config import PromptSRCConfig
 from peft_vlprompt.tuners.dpl.config import DPLSearchConfig
 from peft_vlprompt.tuners.kgcoop.config import KgCoOpConfig
 from peft_vlprompt.tuners.prograd_coop.config import ProGradCoOpConfig
-from tests.tiny import pixels
+from tests.tiny import pipeline_images, pipeline_scores, pixels
 from tests.tiny_siglip import (
     assert_auto_peft_model_in_fresh_process,
     image_features,
@@ -247,16 +245,6 @@ def processor():
     return SiglipImageProcessor(size={"height": 32, "width": 32})
 
 
-def images(n=4):
-    rng = np.random.default_rng(0)
-    colours = rng.integers(0, 255, (n, 1, 1, 3))
-    return [Image.fromarray(np.clip(c + rng.normal(0, 60, (40, 48, 3)), 0, 255).astype(np.uint8)) for c in colours]
-
-
-def scores(outputs):
-    return torch.tensor([[{d["label"]: d["score"] for d in out}[name] for name in CLASSNAMES] for out in outputs])
-
-
 @pytest.mark.parametrize("method", ["coop-front", "cocoop", "deep-prefix", "maple"])
 def test_zero_shot_pipeline_matches_prompt_classifier(method):
     # SigLIP's pipeline scores are sigmoid(logits) per label (the bias included), not a softmax over the labels
@@ -264,14 +252,17 @@ def test_zero_shot_pipeline_matches_prompt_classifier(method):
     model = get_peft_model(tiny_siglip(max_len=64), ALL[method]()).eval()
     randomise(model)
     with torch.no_grad():
-        logits = classifier(model)(processor()(images=images(), return_tensors="pt")["pixel_values"])
-    got = scores(prompt_pipeline(model, word_tokenizer(), processor())(images(), candidate_labels=CLASSNAMES))
+        logits = classifier(model)(processor()(images=pipeline_images(), return_tensors="pt")["pixel_values"])
+    got = pipeline_scores(
+        prompt_pipeline(model, word_tokenizer(), processor())(pipeline_images(), candidate_labels=CLASSNAMES),
+        CLASSNAMES,
+    )
     torch.testing.assert_close(got, torch.sigmoid(logits), atol=1e-6, rtol=1e-5)
     if method == "coop-front":  # the stock pipeline pads SigLIP text to max_length too: the placeholder template works
         stock = pipeline("zero-shot-image-classification", model=model, tokenizer=word_tokenizer(),
                          image_processor=processor())  # fmt: skip
-        out = stock(images(), candidate_labels=CLASSNAMES, hypothesis_template=hypothesis_template(model))
-        torch.testing.assert_close(scores(out), torch.sigmoid(logits), atol=1e-5, rtol=1e-5)
+        out = stock(pipeline_images(), candidate_labels=CLASSNAMES, hypothesis_template=hypothesis_template(model))
+        torch.testing.assert_close(pipeline_scores(out, CLASSNAMES), torch.sigmoid(logits), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("config", [KgCoOpConfig, ProGradCoOpConfig])

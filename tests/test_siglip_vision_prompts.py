@@ -23,6 +23,7 @@ from peft_vlprompt.text_prefix import shared_prefix_text_features
 from peft_vlprompt.tuners.deep_prompt import VisionHeadInput
 from peft_vlprompt.tuners.deep_prompt.config import PromptSRCConfig
 from peft_vlprompt.tuners.restore import RestoreAdapterConfig, restore_prompt_pairs
+from tests.test_siglip_methods import CLASS_WORDS, CLASSNAMES
 from tests.tiny import pixels, tiny_clip
 from tests.tiny_siglip import (
     MAX_LEN,
@@ -36,8 +37,6 @@ from tests.tiny_siglip import (
     word_tokenizer,
 )
 
-CLASSNAMES = ["x-ray", "cat", "golden retriever"]
-CLASS_WORDS = [["x", "-", "ray"], ["cat"], ["golden", "retriever"]]  # by hand
 TEMPLATE_WORDS = ["a", "photo", "of", "a"]
 
 

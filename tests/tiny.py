@@ -50,3 +50,18 @@ def tokenizer() -> CLIPTokenizer:
 
 def pixels(batch: int = 2, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+def pipeline_images(n: int = 4) -> list:
+    """`n` noisy single-colour 40x48 PIL images (not square, so a pipeline's resize and crop take part)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 255, (n, 1, 1, 3))
+    return [Image.fromarray(np.clip(c + rng.normal(0, 60, (40, 48, 3)), 0, 255).astype(np.uint8)) for c in colours]
+
+
+def pipeline_scores(outputs: list, classnames: list[str]) -> torch.Tensor:
+    """A zero-shot pipeline's per-image label scores as an (images, classes) tensor in `classnames` order."""
+    return torch.tensor([[{d["label"]: d["score"] for d in out}[name] for name in classnames] for out in outputs])
